@@ -1,0 +1,64 @@
+"""Shared fixtures: an offline Ultralytics environment and the real datasets in ../shared/datasets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before Ultralytics is imported: no network, no auto-install, settings and font in a private folder.
+_CONFIG_DIR = Path(tempfile.mkdtemp(prefix="ultra-solo-tests-"))
+os.environ.update(YOLO_OFFLINE="1", YOLO_AUTOINSTALL="0", YOLO_CONFIG_DIR=str(_CONFIG_DIR))
+
+
+def _install_font() -> None:
+    """Give Ultralytics' plots a font so that `check_font` never tries to download Arial."""
+    import matplotlib
+
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    (_CONFIG_DIR / "Ultralytics").mkdir(parents=True, exist_ok=True)
+    shutil.copy(font, _CONFIG_DIR / "Ultralytics" / "Arial.ttf")
+
+
+_install_font()
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+NO_AUGMENT = dict(
+    mosaic=0.0,
+    mixup=0.0,
+    cutmix=0.0,
+    copy_paste=0.0,
+    hsv_h=0.0,
+    hsv_s=0.0,
+    hsv_v=0.0,
+    degrees=0.0,
+    translate=0.0,
+    scale=0.0,
+    shear=0.0,
+    perspective=0.0,
+    flipud=0.0,
+    fliplr=0.0,
+    erasing=0.0,
+)
+
+
+@pytest.fixture(scope="session")
+def coco8() -> Path:
+    """The coco8-seg data.yaml (4 train, 4 val images, 80 classes)."""
+    yaml = DATASETS / "coco8-seg" / "data.yaml"
+    assert yaml.is_file(), f"{yaml} is missing: the tests need ../shared/datasets beside the repository"
+    return yaml
+
+
+@pytest.fixture(scope="session")
+def coco8_train_as_val(coco8: Path, tmp_path_factory) -> Path:
+    """A data.yaml that trains and validates on coco8-seg's 4 train images."""
+    from ultralytics.utils import YAML
+
+    names = YAML.load(coco8)["names"]
+    yaml = tmp_path_factory.mktemp("data") / "coco8-train.yaml"
+    YAML.save(yaml, {"path": str(coco8.parent), "train": "images/train", "val": "images/train", "names": names})
+    return yaml

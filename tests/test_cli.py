@@ -1,0 +1,76 @@
+"""The `ultra-solo` command through subprocess: train, val, predict, help/version, refused arguments."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLI = shutil.which("ultra-solo", path=str(Path(sys.executable).parent)) or "ultra-solo"
+SMALL = ["imgsz=64", "batch=4", "workers=0", "mosaic=0", "fliplr=0", "hsv_h=0", "hsv_s=0", "hsv_v=0"]
+
+
+def ultra_solo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, cwd=cwd, env=os.environ, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(coco8, tmp_path_factory) -> Path:
+    """`ultra-solo segment train` for one epoch; returns the run folder."""
+    project = tmp_path_factory.mktemp("cli")
+    out = ultra_solo(
+        "segment", "train", "model=solov2-n.yaml", f"data={coco8}", "epochs=1", f"project={project}", "name=train",
+        *SMALL, cwd=project,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return project / "train"
+
+
+def test_train(trained):
+    assert (trained / "weights" / "best.pt").is_file()
+    assert len((trained / "results.csv").read_text().splitlines()) == 2
+
+
+def test_val(trained, coco8):
+    best = trained / "weights" / "best.pt"
+    out = ultra_solo("segment", "val", f"model={best}", f"data={coco8}", "imgsz=64", f"project={trained}", cwd=trained)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Mask(P" in out.stdout + out.stderr
+
+
+def test_predict_saves_images_by_default(trained, coco8):
+    best = trained / "weights" / "best.pt"
+    source = coco8.parent / "images" / "val"
+    out = ultra_solo("predict", f"model={best}", f"source={source}", "imgsz=64", f"project={trained}", "name=pred",
+                     cwd=trained)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(list((trained / "pred").glob("*.jpg"))) == 4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["segment", "train", "model=solov2-n.yaml", "epochz=3"], "'epochz' is not a valid ultra-solo argument"),
+        (["detect", "train"], "task 'detect' is not supported"),
+        (["segment", "model=solov2-n.yaml"], "no mode given"),
+        (["val", "data=x.yaml"], "'val' needs a model"),
+        (["segment", "val", "model=missing-weights.pt"], "missing-weights.pt"),
+    ],
+)
+def test_bad_arguments_are_refused_in_one_line(args, message, tmp_path):
+    out = ultra_solo(*args, cwd=tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_help_and_version(tmp_path):
+    from ultra_solo import __version__
+
+    assert ultra_solo("version", cwd=tmp_path).stdout.strip() == __version__
+    out = ultra_solo("help", cwd=tmp_path)
+    assert out.returncode == 0 and "ultra-solo segment train" in out.stdout

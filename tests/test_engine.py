@@ -1,0 +1,100 @@
+"""End to end through Ultralytics' engine: train -> val(best.pt) -> predict, reload in a new process, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ultralytics.utils.metrics import SegmentMetrics
+
+from ultra_solo import SOLO
+
+from .conftest import NO_AUGMENT
+
+TINY = dict(imgsz=64, batch=4, workers=0, seed=0, **NO_AUGMENT)
+
+
+@pytest.fixture(scope="module")
+def run(coco8, tmp_path_factory):
+    """A 2-epoch solov2-n run on coco8-seg, with the callbacks it fired."""
+    project = tmp_path_factory.mktemp("runs")
+    model = SOLO("solov2-n.yaml")
+    fired = []
+    for event in ("on_train_start", "on_train_epoch_end", "on_val_end", "on_model_save", "on_train_end"):
+        model.add_callback(event, lambda _, e=event: fired.append(e))
+    metrics = model.train(data=str(coco8), epochs=2, project=str(project), name="train", **TINY)
+    return Path(project / "train"), model, metrics, fired
+
+
+def test_training_writes_what_yolo_writes(run):
+    save_dir, _, metrics, fired = run
+    assert fired.count("on_train_epoch_end") == 2 and fired[0] == "on_train_start" and fired[-1] == "on_train_end"
+    assert "on_model_save" in fired and "on_val_end" in fired
+    header = (save_dir / "results.csv").read_text().splitlines()[0].split(",")
+    assert [h for h in header if h.startswith("metrics/")] == SegmentMetrics().keys  # YOLO-seg's metric columns
+    assert {"train/cls_loss", "train/mask_loss", "val/cls_loss", "val/mask_loss"} <= set(header)
+    for name in ("results.png", "val_batch0_pred.jpg", "val_batch0_labels.jpg", "weights/best.pt", "weights/last.pt"):
+        assert (save_dir / name).is_file(), name
+    assert 0 <= metrics.seg.map50 <= 1 and 0 <= metrics.box.map <= 1
+
+
+def test_val_of_best_checkpoint(run, coco8, tmp_path):
+    save_dir = run[0]
+    metrics = SOLO(save_dir / "weights/best.pt").val(data=str(coco8), imgsz=64, batch=4, project=str(tmp_path))
+    assert {"metrics/mAP50(M)", "metrics/mAP50-95(M)", "metrics/mAP50(B)"} <= set(metrics.results_dict)
+    assert metrics.seg.map50 >= 0 and metrics.box.map >= 0
+
+
+def test_predict_results(run, coco8, tmp_path):
+    model = SOLO(run[0] / "weights/best.pt")
+    source = coco8.parent / "images" / "val"
+    results = model.predict(source, imgsz=64, conf=0.001, save=True, project=str(tmp_path), name="predict")
+    assert len(results) == 4
+    for r in results:
+        h, w = r.orig_shape
+        assert r.boxes.xyxy.shape[1] == 4 and (r.boxes.xyxy[:, 2:] <= r.boxes.xyxy.new_tensor([w, h])).all()
+        if r.masks is not None:
+            assert len(r.masks) == len(r.boxes)
+        assert isinstance(r.plot(), np.ndarray)
+    assert len(list((tmp_path / "predict").glob("*.jpg"))) == 4
+    retina = model.predict(source, imgsz=64, conf=0.001, retina_masks=True)
+    for r in retina:
+        if r.masks is not None:
+            assert r.masks.data.shape[1:] == r.orig_shape
+
+
+def test_reload_in_new_process(run, coco8):
+    best = run[0] / "weights/best.pt"
+    image = next((coco8.parent / "images" / "val").glob("*.jpg"))
+    code = (
+        f"from ultra_solo import SOLO; m = SOLO(r'{best}'); r = m.predict(r'{image}', imgsz=64, conf=0.001)[0]; "
+        "print(type(m.model).__name__, m.task, len(m.names), r.boxes.xyxy.shape[1])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=best.parent, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-4:] == ["SOLOv2Model", "segment", "80", "4"]
+
+
+class Crash(Exception):
+    """Raised by a callback to stop a run after its first epoch."""
+
+
+def test_resume_after_crash(coco8, tmp_path):
+    model = SOLO("solov2-n.yaml")
+
+    def crash(trainer):
+        if trainer.epoch == 0:
+            raise Crash
+
+    model.add_callback("on_fit_epoch_end", crash)
+    with pytest.raises(Crash):
+        model.train(data=str(coco8), epochs=3, project=str(tmp_path), name="run", val=False, **TINY)
+    last = tmp_path / "run" / "weights" / "last.pt"
+    assert len((tmp_path / "run" / "results.csv").read_text().splitlines()) == 2  # header + epoch 1
+    SOLO(last).train(resume=True)
+    epochs = [int(float(r.split(",")[0])) for r in (tmp_path / "run" / "results.csv").read_text().splitlines()[1:]]
+    assert epochs == [1, 2, 3]
+    assert (tmp_path / "run" / "weights" / "best.pt").is_file()

@@ -1,0 +1,105 @@
+"""Model family: every scale builds with the configured widths, names resolve from any folder, ImageNet weights."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torchvision
+
+from ultra_solo import SOLO
+from ultra_solo.models.solov2 import backbone
+from ultra_solo.models.solov2.cfg import find_model_yaml, load_model_yaml
+from ultra_solo.models.solov2.network import SOLOv2Model
+
+WIDTHS = {  # scale: backbone, FPN, head, stacked convs, mask features mid, out
+    "n": ("resnet18", 128, 256, 2, 64, 128),
+    "s": ("resnet34", 192, 384, 3, 96, 192),
+    "m": ("resnet50", 256, 512, 4, 128, 256),
+    "l": ("resnet101", 384, 768, 5, 192, 384),
+}
+
+
+def test_every_scale_builds_with_its_widths():
+    params = {}
+    for scale, (resnet, fpn, head, stacked, mid, out) in WIDTHS.items():
+        model = SOLOv2Model(f"solov2-{scale}.yaml", nc=5, verbose=False)
+        h = model.model[-1]
+        reference = torchvision.models.get_model(resnet, weights=None)
+        assert sum(p.numel() for p in model.model[0].parameters()) == sum(
+            p.numel() for n, p in reference.named_parameters() if not n.startswith("fc.")
+        )
+        assert h.fpn.layer_blocks[0][0].out_channels == fpn
+        assert len(h.instance_branch.cls_tower) == stacked == len(h.instance_branch.kernel_tower)
+        assert h.instance_branch.cls_tower[0][0].out_channels == head
+        assert h.instance_branch.cls_pred.out_channels == 5
+        assert h.instance_branch.kernel_pred.out_channels == out  # 1x1 dynamic kernels over E = out channels
+        assert h.mask_branch.levels[0][0][0].out_channels == mid
+        assert h.mask_branch.fuse[0].out_channels == out
+        assert h.num_grids == [40, 36, 24, 16, 12]
+        params[scale] = sum(p.numel() for p in model.parameters())
+    assert params["n"] < params["s"] < params["m"] < params["l"]
+
+
+def test_forward_shapes():
+    model = SOLOv2Model("solov2-n.yaml", nc=3, verbose=False).eval()
+    with torch.no_grad():
+        (scores, kernels, feats), (cls_maps, kernel_maps, raw_feats) = model(torch.rand(2, 3, 192, 256))
+    assert scores.shape == (2, 3872, 3) and kernels.shape == (2, 3872, 128) and feats.shape == (2, 128, 48, 64)
+    assert [c.shape[-1] for c in cls_maps] == [40, 36, 24, 16, 12]
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_names_resolve_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    file, scale = find_model_yaml("solov2-s.yaml")
+    assert file.name == "solov2.yaml" and scale == "s"
+    assert load_model_yaml("solov2.yaml")["scale"] == "n"  # the first scale, as Ultralytics does
+    model = SOLO("solov2-m.yaml")
+    assert model.task == "segment" and model.model.yaml["scale"] == "m"
+    custom = tmp_path / "my-solo.yaml"
+    custom.write_text(file.read_text())
+    assert SOLOv2Model(str(custom), verbose=False).yaml["scale"] == "n"
+
+
+def test_unknown_names_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="solov9"):
+        SOLO("solov9-n.yaml")
+    with pytest.raises(ValueError, match="scale 'x'"):
+        SOLO("solov2-x.yaml")
+
+
+def test_imagenet_weights_from_file_and_cache(tmp_path, monkeypatch, caplog):
+    reference = torchvision.models.resnet18(weights=None)
+    file = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), file)
+    model = SOLOv2Model("solov2-n.yaml", verbose=False)
+    assert model.load_pretrained_backbone(file) == len(model.model[0].m.state_dict())
+    assert torch.equal(model.model[0].m[0].weight, reference.conv1.weight)
+    assert torch.equal(model.model[0].m[7][1].bn2.running_var, reference.layer4[1].bn2.running_var)
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # empty cache: warn once, no download
+    monkeypatch.setattr(backbone, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="ultralytics"):
+        assert model.load_pretrained_backbone(True) == 0
+        assert model.load_pretrained_backbone(True) == 0
+    assert sum("training the backbone from scratch" in r.message for r in caplog.records) == 1
+
+    cached = backbone.cached_weights_file("resnet18")
+    assert cached.parent == tmp_path / "hub" / "checkpoints"
+    cached.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached)
+    assert SOLOv2Model("solov2-n.yaml", verbose=False).load_pretrained_backbone(True) > 0
+    assert model.load_pretrained_backbone(False) == 0
+
+
+def test_bad_weights_file_is_refused(tmp_path):
+    model = SOLOv2Model("solov2-n.yaml", verbose=False)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        model.load_pretrained_backbone(tmp_path / "missing.pth")
+    wrong = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), wrong)
+    with pytest.raises(ValueError, match="do not match"):
+        model.load_pretrained_backbone(wrong)

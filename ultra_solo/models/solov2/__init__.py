@@ -1,0 +1,1 @@
+"""SOLOv2: model, trainer, validator and predictor."""

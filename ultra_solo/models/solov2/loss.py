@@ -1,0 +1,122 @@
+"""SOLOv2 loss: sigmoid focal loss on every grid cell + dice loss on the masks of positive cells.
+
+Shape shorthand in this module:
+    B: images in the batch
+    N: ground-truth instances in the batch
+    R: grid cells over all levels; P: positive cells in the batch
+    E: dynamic kernel size = mask-feature channels
+    h, w: mask-feature height and width (input / 4)
+    nc: number of classes
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torchvision.ops import sigmoid_focal_loss
+from ultralytics.utils import ops
+
+from ultra_solo.utils.masks import instance_masks, resize_masks
+
+from .head import flatten_levels, raw_outputs
+from .targets import assign_targets
+
+
+def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Return 1 - dice per mask, (P, h, w) probabilities and binary targets -> (P,); dice = 2ab / (a^2 + b^2)."""
+    probs, targets = probs.flatten(1), targets.flatten(1)
+    inter = (probs * targets).sum(1)
+    return 1 - 2 * inter / ((probs * probs).sum(1) + (targets * targets).sum(1) + 2 * eps)
+
+
+def dynamic_masks(kernels: torch.Tensor, mask_feats: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Apply the 1x1 kernels of positive cells to their image's mask features.
+
+    Args:
+        kernels (torch.Tensor): (B, R, E) kernels of all cells.
+        mask_feats (torch.Tensor): (B, E, h, w) mask features.
+        pos (torch.Tensor): (B, R) bool, the positive cells.
+
+    Returns:
+        (torch.Tensor): (P, h, w) mask logits, in the order of `pos.nonzero()`.
+    """
+    b, r = pos.nonzero(as_tuple=True)  # (P,), grouped by image
+    counts = pos.sum(1)  # (B,)
+    slot = torch.arange(len(b), device=b.device) - (counts.cumsum(0) - counts)[b]  # (P,) index within its image
+    padded = kernels.new_zeros(pos.shape[0], int(counts.max()), kernels.shape[2])  # (B, Pmax, E)
+    padded[b, slot] = kernels[b, r]
+    logits = torch.bmm(padded, mask_feats.flatten(2))  # (B, Pmax, h*w)
+    return logits[b, slot].view(len(b), *mask_feats.shape[2:])
+
+
+class SOLOv2Loss:
+    """SOLOv2 criterion: focal loss (normalised by positives + 1) and dice loss, with weights from the model YAML."""
+
+    def __init__(self, model):
+        """Read the SOLO constants from `model.yaml['solo']` and the mask layout from the run's `overlap_mask`.
+
+        A model without training arguments (e.g. loaded from a checkpoint) assumes SOLO's default, `overlap_mask=False`.
+        """
+        solo = model.yaml["solo"]
+        self.num_grids = solo["num_grids"]
+        self.scale_ranges = solo["scale_ranges"]
+        self.pos_scale = solo["pos_scale"]
+        self.cls_weight = solo["cls_weight"]
+        self.mask_weight = solo["mask_weight"]
+        self.alpha = solo["focal_alpha"]
+        self.gamma = solo["focal_gamma"]
+        args = getattr(model, "args", {})
+        args = args if isinstance(args, dict) else vars(args)
+        self.overlap = args.get("overlap_mask", False)
+
+    def targets(self, batch: dict, mask_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return GT masks (N, h, w) at `mask_size`, classes (N,) and the cell assignment (B, R)."""
+        img_h, img_w = batch["img"].shape[2:]
+        masks = instance_masks(batch["masks"], batch["batch_idx"], self.overlap)
+        masks = resize_masks(masks, mask_size)  # multi_scale or mask_ratio != 4 change the GT size
+        boxes = ops.xywh2xyxy(batch["bboxes"]) * batch["bboxes"].new_tensor([img_w, img_h, img_w, img_h])
+        assigned = assign_targets(
+            masks,
+            boxes,
+            batch["batch_idx"],
+            batch["img"].shape[0],
+            (img_h, img_w),
+            self.num_grids,
+            self.scale_ranges,
+            self.pos_scale,
+        )
+        return masks, batch["cls"].view(-1).long(), assigned
+
+    def __call__(self, preds: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Compute the loss.
+
+        Args:
+            preds: Head output (training raw outputs, or the eval `(dense, raw)` pair).
+            batch (dict): Ultralytics segment batch (`img`, `masks`, `cls`, `bboxes`, `batch_idx`).
+
+        Returns:
+            (tuple): Total loss times batch size, and the detached weighted `cls_loss` and `mask_loss`.
+        """
+        cls_maps, kernel_maps, mask_feats = raw_outputs(preds)
+        with torch.autocast(mask_feats.device.type, enabled=False):  # fp32: dice sums and focal terms underflow in fp16
+            cls_logits = flatten_levels(cls_maps).float()  # (B, R, nc)
+            kernels = flatten_levels(kernel_maps).float()  # (B, R, E)
+            mask_feats = mask_feats.float()  # (B, E, h, w)
+            gt_masks, gt_cls, assigned = self.targets(batch, mask_feats.shape[2:])
+            pos = assigned >= 0  # (B, R)
+            inst = assigned[pos]  # (P,)
+
+            cls_targets = torch.zeros_like(cls_logits)
+            cls_targets[pos, gt_cls[inst]] = 1.0
+            cls_loss = sigmoid_focal_loss(cls_logits, cls_targets, self.alpha, self.gamma, reduction="sum")
+            cls_loss = cls_loss / (len(inst) + 1) * self.cls_weight
+
+            if len(inst):
+                probs = dynamic_masks(kernels, mask_feats, pos).sigmoid()  # (P, h, w)
+                mask_loss = dice_loss(probs, gt_masks[inst]).mean() * self.mask_weight
+            else:  # keep every parameter in the graph (DDP) with a zero mask loss
+                mask_loss = (kernels.sum() + mask_feats.sum()) * 0.0
+        batch_size = mask_feats.shape[0]
+        loss = cls_loss + mask_loss
+        return loss * batch_size, {"cls_loss": cls_loss.detach(), "mask_loss": mask_loss.detach()}

@@ -1,0 +1,60 @@
+"""SOLO: the `YOLO`-style interface to SOLOv2 models.
+
+Examples:
+    >>> from ultra_solo import SOLO
+    >>> model = SOLO("solov2-n.yaml")
+    >>> model.train(data="coco8-seg.yaml", epochs=3, imgsz=320)
+    >>> results = model.predict("image.jpg")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ultralytics.engine.model import Model
+from ultralytics.utils import DEFAULT_CFG_DICT, RANK
+
+from .network import SOLOv2Model
+from .predict import SOLOPredictor
+from .train import SOLOTrainer
+from .val import SOLOValidator
+
+
+class SOLO(Model):
+    """SOLOv2 instance segmentation with Ultralytics' train / val / predict / export interface.
+
+    Args:
+        model (str | Path): A model YAML name or path ('solov2-n.yaml' ... 'solov2-l.yaml') or a trained checkpoint.
+        verbose (bool): Print model information when building from a YAML.
+    """
+
+    def __init__(self, model: str | Path = "solov2-n.yaml", verbose: bool = False) -> None:
+        """Build a model from a YAML or load a checkpoint."""
+        super().__init__(model=model, task="segment", verbose=verbose)
+
+    def _new(self, cfg: str, task: str | None = None, verbose: bool = False) -> None:
+        """Build a new model from a SOLO YAML; Ultralytics' own loader only resolves its shipped YAMLs."""
+        self.cfg = self.model_name = cfg
+        self.task = "segment"
+        self.model = SOLOv2Model(cfg, verbose=verbose and RANK == -1)
+        self.overrides.update(model=cfg, task=self.task)
+        self.model.args = {**DEFAULT_CFG_DICT, **self.overrides}
+        self.model.task = self.task
+
+    def _load(self, weights: str, task: str | None = None) -> None:
+        """Load a checkpoint, refusing one that does not hold a SOLO model."""
+        super()._load(weights, task="segment")
+        if str(weights).endswith(".pt") and not isinstance(self.model, SOLOv2Model):
+            raise TypeError(f"'{weights}' holds a {type(self.model).__name__}, not a SOLO model; load it with YOLO()")
+
+    @property
+    def task_map(self) -> dict:
+        """Map the segment task to the SOLOv2 model, trainer, validator and predictor."""
+        return {
+            "segment": {
+                "model": SOLOv2Model,
+                "trainer": SOLOTrainer,
+                "validator": SOLOValidator,
+                "predictor": SOLOPredictor,
+            }
+        }

@@ -1,0 +1,49 @@
+"""SOLOv2 predictor: Ultralytics' segmentation predictor with SOLOv2 decoding."""
+
+from __future__ import annotations
+
+import torch
+from ultralytics.engine.results import Results
+from ultralytics.models.yolo.segment import SegmentationPredictor
+from ultralytics.utils import ops
+
+from .head import dense_outputs
+from .network import solo_config
+from .postprocess import DecodeSettings, decode_image, mask_boxes, upsample_masks
+
+
+class SOLOPredictor(SegmentationPredictor):
+    """Predictor for SOLOv2 returning `Results` with masks and boxes; `retina_masks` gives original-size masks.
+
+    Examples:
+        >>> predictor = SOLOPredictor(overrides=dict(model="best.pt", source="image.jpg"))
+        >>> results = predictor()
+    """
+
+    def setup_model(self, model, verbose: bool = True) -> None:
+        """Load the model and read the SOLO inference constants from it."""
+        super().setup_model(model, verbose)
+        self.decode = DecodeSettings.from_solo(solo_config(self.model))
+
+    def postprocess(self, preds, img: torch.Tensor, orig_imgs) -> list[Results]:
+        """Decode each image of the batch into a `Results` in original-image pixels."""
+        if not isinstance(orig_imgs, list):  # input images are a torch.Tensor, not a list
+            orig_imgs = ops.convert_torch2numpy_batch(orig_imgs)[..., ::-1]
+        scores, kernels, mask_feats = dense_outputs(preds)
+        return [
+            self.construct_result((s, k, f), img, orig_img, path)
+            for s, k, f, orig_img, path in zip(scores, kernels, mask_feats, orig_imgs, self.batch[0])
+        ]
+
+    def construct_result(self, dense, img: torch.Tensor, orig_img, img_path: str) -> Results:
+        """Build one `Results`: masks at the letterboxed input size, or at the original size with `retina_masks`."""
+        probs, conf, cls = decode_image(*dense, self.decode, self.args.conf, self.args.max_det)
+        thr = self.decode.mask_thr
+        if self.args.retina_masks:
+            masks = ops.scale_masks(probs[None], orig_img.shape[:2])[0] > thr  # (n, h0, w0)
+            boxes = mask_boxes(masks)
+        else:
+            masks = upsample_masks(probs, img.shape[2:], thr)  # (n, H, W)
+            boxes = ops.scale_boxes(img.shape[2:], mask_boxes(masks), orig_img.shape)
+        boxes = torch.cat((boxes, conf[:, None], cls[:, None].float()), 1)  # (n, 6)
+        return Results(orig_img, path=img_path, names=self.model.names, boxes=boxes, masks=masks if len(conf) else None)

@@ -1,0 +1,55 @@
+"""SOLOv2 trainer: Ultralytics' segmentation trainer with the SOLOv2 model and validator."""
+
+from __future__ import annotations
+
+from copy import copy
+from pathlib import Path
+
+from ultralytics.models.yolo.segment import SegmentationTrainer
+from ultralytics.utils import DEFAULT_CFG, RANK
+
+from .network import SOLOv2Model
+from .val import SOLOValidator
+
+
+def is_backbone_file(pretrained) -> bool:
+    """Whether `pretrained` names torchvision backbone weights (`.pth`) rather than an Ultralytics checkpoint."""
+    return isinstance(pretrained, (str, Path)) and Path(pretrained).suffix == ".pth"
+
+
+class SOLOTrainer(SegmentationTrainer):
+    """Trainer for SOLOv2; datasets, augmentation, optimiser, EMA, checkpoints and logging are Ultralytics' own.
+
+    SOLO trains with `overlap_mask=False` unless told otherwise, so pixels an instance shares with a smaller one stay
+    in its mask target. `pretrained=True` loads ImageNet backbone weights from the torch hub cache when present,
+    `pretrained=path/to/resnet.pth` from that file, `pretrained=False` trains from scratch.
+
+    Examples:
+        >>> trainer = SOLOTrainer(overrides=dict(model="solov2-n.yaml", data="coco8-seg.yaml", epochs=3))
+        >>> trainer.train()
+    """
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
+        """Initialise the trainer, defaulting `overlap_mask` to False."""
+        super().__init__(cfg, {"overlap_mask": False, **(overrides or {})}, _callbacks)
+
+    def setup_model(self):
+        """Build the model; a `.pth` in `pretrained` is backbone weights for `get_model`, not a checkpoint to load."""
+        if str(self.model).endswith((".yaml", ".yml")) and is_backbone_file(self.args.pretrained):
+            self.model = self.get_model(cfg=self.model, verbose=RANK in {-1, 0})
+            return None
+        return super().setup_model()
+
+    def get_model(self, cfg=None, weights=None, verbose: bool = True) -> SOLOv2Model:
+        """Return a SOLOv2 model for the dataset's classes, with `weights` or else ImageNet backbone weights."""
+        model = SOLOv2Model(cfg, nc=self.data["nc"], ch=self.data["channels"], verbose=verbose and RANK == -1)
+        model = self.set_model_names_for_load(model)
+        if weights:
+            model.load(weights)
+        elif not self.args.resume:
+            model.load_pretrained_backbone(self.args.pretrained)
+        return model
+
+    def get_validator(self) -> SOLOValidator:
+        """Return the SOLOv2 validator."""
+        return SOLOValidator(self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks)

@@ -1,0 +1,48 @@
+"""SOLOv2 validator: Ultralytics' segmentation validator and metrics with SOLOv2 decoding."""
+
+from __future__ import annotations
+
+import torch
+from ultralytics.models.yolo.segment import SegmentationValidator
+from ultralytics.utils import ops
+
+from .head import dense_outputs
+from .network import solo_config
+from .postprocess import DecodeSettings, decode_image, mask_boxes, upsample_masks
+
+
+class SOLOValidator(SegmentationValidator):
+    """Validator for SOLOv2: same ground truth, matching and mask/box mAP as YOLO-seg; only `postprocess` differs.
+
+    Like the trainer, it builds ground-truth masks with `overlap_mask=False` unless told otherwise, so `val()` on a
+    checkpoint scores against the same full (unoccluded) instance masks as validation during training.
+    """
+
+    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks: dict | None = None) -> None:
+        """Initialise the validator, defaulting `overlap_mask` to False when `args` does not set it."""
+        if args is None or isinstance(args, dict):
+            args = {"overlap_mask": False, **(args or {})}
+        super().__init__(dataloader, save_dir, args, _callbacks)
+
+    def init_metrics(self, model: torch.nn.Module) -> None:
+        """Initialise metrics and read the SOLO inference constants from the model."""
+        super().init_metrics(model)
+        self.decode = DecodeSettings.from_solo(solo_config(model))
+
+    def postprocess(self, preds) -> list[dict[str, torch.Tensor]]:
+        """Decode the head's dense outputs into one dict per image.
+
+        Returns:
+            (list[dict[str, torch.Tensor]]): `bboxes` (n, 4) xyxy in input pixels, `conf` (n,) descending, `cls` (n,)
+                and `masks` (n, H/4, W/4), or (n, H, W) when `save_json`/`save_txt` asks for native resolution.
+        """
+        scores, kernels, mask_feats = dense_outputs(preds)
+        size = [4 * x for x in mask_feats.shape[2:]]  # input size: mask features are at stride 4
+        native = self.process is ops.process_mask_native
+        out = []
+        for s, k, f in zip(scores, kernels, mask_feats):
+            probs, conf, cls = decode_image(s, k, f, self.decode, self.args.conf, self.args.max_det)
+            full = upsample_masks(probs, size, self.decode.mask_thr)  # (n, H, W)
+            masks = full if native else probs > self.decode.mask_thr
+            out.append({"bboxes": mask_boxes(full), "conf": conf, "cls": cls.float(), "masks": masks})
+        return out

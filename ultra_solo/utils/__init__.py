@@ -1,0 +1,1 @@
+"""Helpers shared by ultra-solo's model families."""
