@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ultra_solo.models.solov2.loss import dice_loss
+from ultra_solo.models.solov2.loss import dice_loss, dynamic_masks
 from ultra_solo.models.solov2.network import SOLOv2Model
+from ultra_solo.models.solov2.postprocess import DecodeSettings, decode_image
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,39 @@ def test_dice_loss_values():
     assert dice_loss(1 - target, target, eps=0).item() == pytest.approx(1.0)
     half = target * 0.5  # a = 8 * 0.5 = 4, sum p^2 = 2, sum t^2 = 8 -> 1 - 8 / 10
     assert dice_loss(half, target, eps=0).item() == pytest.approx(0.2)
+
+
+def test_multi_scale_resizes_ground_truth_masks(model):
+    # multi_scale resizes only `img` (here 128 -> 192): masks stay at 128/4, normalised boxes stay valid.
+    b = batch(1)
+    b["img"] = torch.rand(2, 3, 192, 192)
+    masks, cls, assigned = model.init_criterion().targets(b, (48, 48))
+    assert masks.shape == (1, 48, 48) and masks.sum() == 18 * 18  # 12 px square at stride 4 -> 18 px
+    assert (assigned >= 0).any()
+    items = model(b)[1]
+    assert items["mask_loss"] > 0 and torch.isfinite(items["cls_loss"])
+
+
+def test_dynamic_masks_match_per_cell_convolution():
+    g = torch.Generator().manual_seed(0)
+    kernels, feats = torch.randn(3, 10, 4, generator=g), torch.randn(3, 4, 5, 6, generator=g)
+    pos = torch.rand(3, 10, generator=g) > 0.6
+    pos[1] = False  # an image without positives
+    got = dynamic_masks(kernels, feats, pos)
+    expected = [torch.einsum("e,ehw->hw", kernels[b, r], feats[b]) for b, r in pos.nonzero().tolist()]
+    assert torch.allclose(got, torch.stack(expected), atol=1e-5)
+
+
+def test_loss_and_decoding_run_in_fp32_under_autocast(model):
+    # CPU bfloat16 autocast stands in for CUDA AMP: the head runs in low precision, loss and decoding in fp32.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, items = model(batch(2))
+        model.eval()
+        with torch.no_grad():
+            (scores, kernels, feats), _ = model(torch.rand(1, 3, 128, 128))
+        model.train()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss) and items["mask_loss"] > 0
+    assert feats.dtype == torch.bfloat16
+    settings = DecodeSettings.from_solo(model.yaml["solo"])
+    probs, conf, cls = decode_image(scores[0], kernels[0], feats[0], settings, conf=0.0, max_det=50)
+    assert probs.dtype == conf.dtype == torch.float32 and torch.isfinite(conf).all()

@@ -182,7 +182,6 @@ class SOLOv2Head(nn.Module):
         self.fpn = FeaturePyramidNetwork(in_channels, c_fpn, extra_blocks=LastLevelMaxPool())
         self.mask_branch = MaskFeatureBranch(c_fpn, c_mask_mid, c_mask_out)
         self.instance_branch = InstanceBranch(c_fpn, c_head, stacked, nc, c_mask_out)
-        self.max_det = 300  # set by the trainer through `set_head_attr`; decoding reads the run's `max_det`
 
     def forward(self, feats: list[torch.Tensor]):
         """Run the head on backbone features C2..C5; see the class docstring for the outputs."""

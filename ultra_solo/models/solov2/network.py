@@ -95,7 +95,7 @@ class SOLOv2Model(BaseModel):
         """Normalise the 0-1 RGB input as the backbone weights expect, then run `BaseModel`'s forward."""
         return super()._predict_once((x - self.pixel_mean) / self.pixel_std, profile, embed)
 
-    def info(self, detailed: bool = False, verbose: bool = True, imgsz: int = 640):
+    def info(self, detailed: bool = False, verbose: bool = True, imgsz: int | list[int] = 640):
         """Print and return (layers, parameters, gradients, GFLOPs).
 
         GFLOPs are profiled at the full input size: the head's grid convolutions cost the same at any input size, so
@@ -106,19 +106,17 @@ class SOLOv2Model(BaseModel):
         n_l = len(list(self.modules()))
         n_p = sum(p.numel() for p in self.parameters())
         n_g = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        im = torch.empty(1, self.yaml["channels"], imgsz, imgsz, device=self.stride.device)
-        flops = thop.profile(deepcopy(self), inputs=[im], verbose=False)[0] / 1e9 * 2
+        p = next(self.parameters())
+        h, w = imgsz if isinstance(imgsz, (list, tuple)) else (imgsz, imgsz)
+        im = torch.empty(1, self.yaml["channels"], h, w, device=p.device, dtype=p.dtype)
+        flops = thop.profile(self, inputs=[im], verbose=False)[0] / 1e9 * 2
         if verbose:
             name = Path(self.yaml.get("yaml_file", "")).stem or "SOLOv2"
             LOGGER.info(f"{name} summary: {n_l:,} layers, {n_p:,} parameters, {n_g:,} gradients, {flops:.1f} GFLOPs")
         return n_l, n_p, n_g, flops
 
     def set_head_attr(self, **kwargs):
-        """Set attributes of the head (the trainer sets `max_det`)."""
-        head = self.model[-1]
-        for k, v in kwargs.items():
-            if hasattr(head, k):
-                setattr(head, k, v)
+        """Accept the trainer's head settings (`max_det`): SOLO decoding reads them from the run's arguments."""
 
     def load_pretrained_backbone(self, pretrained: bool | str | Path = True) -> int:
         """Load ImageNet weights into the model's torchvision backbone rows; see `backbone.load_imagenet_weights`."""

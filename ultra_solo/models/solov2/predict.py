@@ -31,11 +31,11 @@ class SOLOPredictor(SegmentationPredictor):
             orig_imgs = ops.convert_torch2numpy_batch(orig_imgs)[..., ::-1]
         scores, kernels, mask_feats = dense_outputs(preds)
         return [
-            self.construct_result((s, k, f), img, orig_img, path)
+            self.make_result((s, k, f), img, orig_img, path)
             for s, k, f, orig_img, path in zip(scores, kernels, mask_feats, orig_imgs, self.batch[0])
         ]
 
-    def construct_result(self, dense, img: torch.Tensor, orig_img, img_path: str) -> Results:
+    def make_result(self, dense, img: torch.Tensor, orig_img, img_path: str) -> Results:
         """Build one `Results`: masks at the letterboxed input size, or at the original size with `retina_masks`."""
         probs, conf, cls = decode_image(*dense, self.decode, self.args.conf, self.args.max_det)
         thr = self.decode.mask_thr
