@@ -62,3 +62,31 @@ def coco8_train_as_val(coco8: Path, tmp_path_factory) -> Path:
     yaml = tmp_path_factory.mktemp("data") / "coco8-train.yaml"
     YAML.save(yaml, {"path": str(coco8.parent), "train": "images/train", "val": "images/train", "names": names})
     return yaml
+
+
+OVERFIT_RECIPE = dict(  # ours, ~3 min on the 2-core CI machine
+    epochs=60,  # x 1 batch of 4 = 60 optimizer steps (nbs=batch: no gradient accumulation)
+    imgsz=256,
+    batch=4,
+    nbs=4,
+    optimizer="AdamW",
+    lr0=3e-4,
+    lrf=1.0,  # no decay
+    warmup_epochs=3,
+    rect=True,  # training sees the letterboxed shapes validation uses
+    val=False,
+    plots=False,
+    seed=0,
+    workers=0,
+    **NO_AUGMENT,
+)
+
+
+@pytest.fixture(scope="session")
+def overfit(coco8_train_as_val, tmp_path_factory):
+    """SOLOv2-n overfit on coco8-seg's 4 train images; returns the model (loaded from best.pt) and its metrics."""
+    from ultra_solo import SOLO
+
+    model = SOLO("solov2-n.yaml")
+    metrics = model.train(data=str(coco8_train_as_val), project=str(tmp_path_factory.mktemp("learn")), **OVERFIT_RECIPE)
+    return model, metrics

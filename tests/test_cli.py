@@ -51,6 +51,18 @@ def test_predict_saves_images_by_default(trained, coco8):
     assert len(list((trained / "pred").glob("*.jpg"))) == 4
 
 
+def test_export_onnx_then_predict(trained, coco8):
+    best = trained / "weights" / "best.pt"
+    out = ultra_solo("export", f"model={best}", "format=onnx", "imgsz=64", cwd=trained)
+    assert out.returncode == 0, out.stderr[-3000:]
+    onnx = trained / "weights" / "best.onnx"
+    assert onnx.is_file()
+    image = next((coco8.parent / "images" / "val").glob("*.jpg"))
+    out = ultra_solo("predict", f"model={onnx}", f"source={image}", f"project={trained}", "name=onnx", cwd=trained)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (trained / "onnx" / image.name).is_file()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -59,6 +71,7 @@ def test_predict_saves_images_by_default(trained, coco8):
         (["segment", "model=solov2-n.yaml"], "no mode given"),
         (["val", "data=x.yaml"], "'val' needs a model"),
         (["segment", "val", "model=missing-weights.pt"], "missing-weights.pt"),
+        (["export", "model=solov2-n.yaml", "format=openvino"], "format='openvino' is not supported"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(args, message, tmp_path):

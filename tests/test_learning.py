@@ -1,43 +1,11 @@
-"""SOLOv2-n must learn: overfit coco8-seg's 4 train images (augmentation off) and score them.
+"""SOLOv2-n must learn: overfit coco8-seg's 4 train images (augmentation off) and score them (recipe: conftest.py).
 
-Recipe (ours, measured on the 2-core CI machine, ~3 min): 60 epochs x 1 batch of 4 at imgsz 256, AdamW lr0 3e-4 with
-3 warmup steps and no decay, `nbs=batch` so every batch is an optimizer step, `rect=True` so training sees the same
-letterboxed shapes as validation. For scale: YOLO11n-seg reaches 0.28 mask mAP50 on these images after 320 steps.
+For scale: YOLO11n-seg reaches 0.28 mask mAP50 on these images after 320 steps.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
-
-from ultra_solo import SOLO
-
-from .conftest import NO_AUGMENT
-
-RECIPE = dict(
-    epochs=60,
-    imgsz=256,
-    batch=4,
-    nbs=4,
-    optimizer="AdamW",
-    lr0=3e-4,
-    lrf=1.0,
-    warmup_epochs=3,
-    rect=True,
-    val=False,
-    plots=False,
-    seed=0,
-    workers=0,
-    **NO_AUGMENT,
-)
-
-
-@pytest.fixture(scope="module")
-def overfit(coco8_train_as_val, tmp_path_factory):
-    model = SOLO("solov2-n.yaml")
-    metrics = model.train(data=str(coco8_train_as_val), project=str(tmp_path_factory.mktemp("learn")), **RECIPE)
-    return model, metrics
 
 
 def test_solov2_learns_coco8(overfit):

@@ -21,7 +21,7 @@ Examples:
     ultra-solo segment train model=solov2-n.yaml data=data.yaml epochs=100 imgsz=640
     ultra-solo segment val model=runs/segment/train/weights/best.pt data=data.yaml
     ultra-solo segment predict model=runs/segment/train/weights/best.pt source=images/
-    ultra-solo export model=runs/segment/train/weights/best.pt format=torchscript
+    ultra-solo export model=runs/segment/train/weights/best.pt format=onnx
 
 Models: solov2-n.yaml, solov2-s.yaml, solov2-m.yaml, solov2-l.yaml (ResNet-18/34/50/101), or a trained .pt
 Other commands: ultra-solo help | ultra-solo version
@@ -102,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] in {"version", "-v", "--version"}:
         print(__version__)
         return 0
+    from ultra_solo.models.solov2.export import MissingExtraError, UnsupportedFormatError
+
     try:
         run(*parse(args))
-    except (UsageError, FileNotFoundError) as e:
+    except (UsageError, FileNotFoundError, MissingExtraError, UnsupportedFormatError) as e:
         print(f"ultra-solo: {e}", file=sys.stderr)
         return 2
     return 0

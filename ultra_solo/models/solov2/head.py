@@ -36,12 +36,16 @@ def normal_init(module: nn.Module, std: float = 0.01) -> None:
 
 
 def coord_features(x: torch.Tensor) -> torch.Tensor:
-    """Return CoordConv channels for a feature map: x then y, each running from -1 to 1, shape (B, 2, h, w)."""
+    """Return CoordConv channels for a feature map: x then y, each running from -1 to 1, shape (B, 2, h, w).
+
+    Built from `arange` and tensor arithmetic (not `linspace`/`meshgrid`), which exports to ONNX with dynamic sizes and
+    survives onnxslim's constant folding unchanged.
+    """
     b, _, h, w = x.shape
-    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
-    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack((xx, yy))[None].expand(b, -1, -1, -1)
+    xs = torch.arange(w, device=x.device, dtype=x.dtype)  # (w,)
+    ys = torch.arange(h, device=x.device, dtype=x.dtype)  # (h,)
+    xs, ys = xs * 2 / xs[-1:].clamp_min(1) - 1, ys * 2 / ys[-1:].clamp_min(1) - 1
+    return torch.stack((xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)))[None].expand(b, -1, -1, -1)
 
 
 def with_coords(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ultralytics.engine.model import Model
 from ultralytics.utils import DEFAULT_CFG_DICT, RANK
 
+from .export import RUNTIME_PACKAGES, add_solo_metadata, check_export, require
 from .network import SOLOv2Model
 from .predict import SOLOPredictor
 from .train import SOLOTrainer
@@ -29,8 +30,9 @@ class SOLO(Model):
     """
 
     def __init__(self, model: str | Path = "solov2-n.yaml", verbose: bool = False) -> None:
-        """Build a model from a YAML or load a checkpoint."""
+        """Build a model from a YAML, or load a checkpoint or an export (`.onnx`, `.torchscript`)."""
         super().__init__(model=model, task="segment", verbose=verbose)
+        self.add_callback("on_export_start", add_solo_metadata)
 
     def _new(self, cfg: str, task: str | None = None, verbose: bool = False) -> None:
         """Build a new model from a SOLO YAML; Ultralytics' own loader only resolves its shipped YAMLs."""
@@ -42,10 +44,22 @@ class SOLO(Model):
         self.model.task = self.task
 
     def _load(self, weights: str, task: str | None = None) -> None:
-        """Load a checkpoint, refusing one that does not hold a SOLO model."""
+        """Load a checkpoint or an export, refusing a checkpoint that does not hold a SOLO model."""
+        suffix = Path(weights).suffix
+        require(RUNTIME_PACKAGES.get(suffix, ()), f"running a '{suffix}' model")
         super()._load(weights, task="segment")
-        if str(weights).endswith(".pt") and not isinstance(self.model, SOLOv2Model):
+        if suffix == ".pt" and not isinstance(self.model, SOLOv2Model):
             raise TypeError(f"'{weights}' holds a {type(self.model).__name__}, not a SOLO model; load it with YOLO()")
+
+    def export(self, **kwargs) -> str:
+        """Export through Ultralytics' `Exporter` to 'torchscript' (default) or 'onnx'; returns the file's path.
+
+        The export holds the dense network (scores, kernels, mask features) and the SOLO constants as metadata, so
+        `SOLO("best.onnx")` predicts and validates like the `.pt`. ONNX needs `pip install 'ultra-solo[export]'`.
+        """
+        kwargs.setdefault("format", "torchscript")
+        check_export(str(kwargs["format"]).lower())
+        return super().export(**kwargs)
 
     @property
     def task_map(self) -> dict:

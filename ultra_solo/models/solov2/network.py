@@ -13,6 +13,7 @@ from ultralytics.utils.torch_utils import model_info
 
 from .backbone import load_imagenet_weights
 from .cfg import load_model_yaml, resolve_scale
+from .export import metadata_solo
 from .head import SOLOv2Head
 
 HEAD_STRIDES = (4, 8, 16, 32)  # strides of the four backbone features the head takes (C2-C5)
@@ -130,9 +131,12 @@ class SOLOv2Model(BaseModel):
 
 
 def solo_config(model) -> dict:
-    """Return the `solo` constants of a SOLO model, whether given directly or wrapped in Ultralytics' AutoBackend."""
+    """Return the `solo` constants of a SOLO model: given directly, wrapped in Ultralytics' AutoBackend, or exported."""
     for m in (model, getattr(model, "model", None)):
         yaml = getattr(m, "yaml", None)
         if isinstance(yaml, dict) and "solo" in yaml:
             return yaml["solo"]
-    raise TypeError(f"{type(model).__name__} is not a SOLO model: its model YAML has no 'solo' block")
+    solo = metadata_solo(getattr(model, "metadata", None) or {})
+    if solo:
+        return solo
+    raise TypeError(f"{type(model).__name__} is not a SOLO model: it carries no 'solo' constants")

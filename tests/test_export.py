@@ -1,0 +1,94 @@
+"""Export to ONNX and TorchScript; exported files predict and validate like the .pt (model from test_learning)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ultra_solo import SOLO
+from ultra_solo.models.solov2 import export
+
+IMGSZ = 256
+
+
+@pytest.fixture(scope="module")
+def weights(overfit, tmp_path_factory) -> Path:
+    """A copy of the overfit model's best.pt in its own folder (exports are written next to it)."""
+    folder = tmp_path_factory.mktemp("export")
+    return Path(shutil.copy(overfit[0].trainer.best, folder / "best.pt"))
+
+
+@pytest.fixture(scope="module")
+def exported(weights) -> dict[str, Path]:
+    """Static ONNX and TorchScript exports, and a dynamic-batch ONNX export, at imgsz 256."""
+    model = SOLO(weights)
+    dynamic = Path(model.export(format="onnx", imgsz=IMGSZ, dynamic=True))
+    files = {"dynamic": Path(shutil.move(dynamic, dynamic.with_name("dynamic.onnx")))}
+    files.update({fmt: Path(model.export(format=fmt, imgsz=IMGSZ)) for fmt in ("onnx", "torchscript")})
+    return files
+
+
+def test_files_and_metadata(exported, weights):
+    for fmt, file in exported.items():
+        assert file.is_file() and file.stat().st_size > 1e6, fmt
+        model = SOLO(file)
+        assert model.task == "segment"
+    backend = SOLO(exported["onnx"]).predict(np.zeros((64, 64, 3), np.uint8), imgsz=IMGSZ)[0]
+    assert backend.names == SOLO(weights).names
+
+
+def test_onnxruntime_runs_the_graph(exported, weights):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(exported["dynamic"]), providers=["CPUExecutionProvider"])
+    assert "Trilu" not in {node.op_type for node in __import__("onnx").load(str(exported["dynamic"])).graph.node}
+    images = torch.rand(2, 3, IMGSZ, IMGSZ)
+    scores, kernels, feats = session.run(None, {"images": images.numpy()})
+    assert scores.shape == (2, 3872, 80) and kernels.shape == (2, 3872, 128) and feats.shape == (2, 128, 64, 64)
+    model = SOLO(weights).model.float().eval()
+    with torch.no_grad():
+        (ref_scores, _, ref_feats), _ = model(images)
+    # point NMS can flip between near-equal neighbours, so compare almost all scores tightly
+    assert np.isclose(scores, ref_scores.numpy(), atol=1e-4).mean() > 0.999
+    assert np.allclose(feats, ref_feats.numpy(), atol=1e-3)
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.bool(), b.bool()
+    return float((a & b).sum() / (a | b).sum().clamp_min(1))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_predictions_match_pt(exported, weights, coco8, fmt):
+    source = coco8.parent / "images" / "train"  # the images the model learned
+    pt = SOLO(weights).predict(source, imgsz=IMGSZ, rect=False)  # same square letterbox as the static export
+    ex = SOLO(exported[fmt]).predict(source, imgsz=IMGSZ)
+    assert sum(len(r.boxes) for r in pt) >= 4
+    for a, b in zip(pt, ex):
+        assert a.path == b.path and len(a.boxes) == len(b.boxes), a.path
+        assert torch.equal(a.boxes.cls, b.boxes.cls)
+        assert torch.allclose(a.boxes.conf, b.boxes.conf, atol=1e-3)
+        for ma, mb in zip(a.masks.data if a.masks else [], b.masks.data if b.masks else []):
+            assert mask_iou(ma, mb) >= 0.95
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_exported_val_matches_pt(exported, weights, coco8_train_as_val, fmt, tmp_path):
+    args = dict(data=str(coco8_train_as_val), imgsz=IMGSZ, batch=1, project=str(tmp_path), plots=False)
+    pt = SOLO(weights).val(rect=False, **args)
+    ex = SOLO(exported[fmt]).val(**args)
+    assert pt.seg.map50 > 0.3
+    assert abs(pt.seg.map - ex.seg.map) <= 0.005 and abs(pt.seg.map50 - ex.seg.map50) <= 0.005
+    assert abs(pt.box.map - ex.box.map) <= 0.005
+
+
+def test_missing_packages_and_formats_are_named(weights, monkeypatch):
+    with pytest.raises(export.UnsupportedFormatError, match="openvino"):
+        SOLO(weights).export(format="openvino")
+    monkeypatch.setattr(export, "find_spec", lambda name: None if name == "onnxslim" else object())
+    with pytest.raises(export.MissingExtraError, match=r"onnxslim: pip install 'ultra-solo\[export\]'"):
+        SOLO(weights).export(format="onnx")
