@@ -72,6 +72,8 @@ def test_export_onnx_then_predict(trained, coco8):
         (["val", "data=x.yaml"], "'val' needs a model"),
         (["segment", "val", "model=missing-weights.pt"], "missing-weights.pt"),
         (["export", "model=solov2-n.yaml", "format=openvino"], "format='openvino' is not supported"),
+        (["compare", "models=yolo11n-seg.yaml,solov2-n.yaml"], "compare needs data=... and models="),
+        (["train", "models=a.yaml"], "'models' is not a valid ultra-solo argument"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(args, message, tmp_path):

@@ -11,6 +11,9 @@ import torch
 
 from ultra_solo import SOLO
 from ultra_solo.models.solov2 import export
+from ultra_solo.models.solov2.head import dense_outputs
+from ultra_solo.models.solov2.network import solo_config
+from ultra_solo.models.solov2.postprocess import DecodeSettings, decode_image
 
 IMGSZ = 256
 
@@ -84,6 +87,30 @@ def test_exported_val_matches_pt(exported, weights, coco8_train_as_val, fmt, tmp
     assert pt.seg.map50 > 0.3
     assert abs(pt.seg.map - ex.seg.map) <= 0.005 and abs(pt.seg.map50 - ex.seg.map50) <= 0.005
     assert abs(pt.box.map - ex.box.map) <= 0.005
+
+
+def test_half_precision_outputs_decode_like_fp32(weights, coco8):
+    """What `half=True` exports give the shared postprocess: fp16 dense outputs decode to the fp32 detections."""
+    import cv2
+
+    files = sorted((coco8.parent / "images" / "train").glob("*.jpg"))
+    images = [cv2.resize(cv2.imread(str(f)), (IMGSZ, IMGSZ))[..., ::-1] for f in files]
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255  # (B, 3, IMGSZ, IMGSZ) RGB
+    model = SOLO(weights).model.float().eval()
+    settings = DecodeSettings.from_solo(solo_config(model))
+    with torch.no_grad():
+        full = dense_outputs(model(x))
+        half = dense_outputs(model.half()(x.half()))
+    assert all(t.dtype == torch.float16 for t in half)
+    found = 0
+    for i in range(len(x)):
+        ref = decode_image(*(t[i] for t in full), settings, 0.25, 100)
+        out = decode_image(*(t[i] for t in half), settings, 0.25, 100)
+        found += len(ref[1])
+        assert torch.equal(ref[2], out[2]) and torch.allclose(ref[1], out[1], atol=1e-2), files[i].name
+        for a, b in zip(ref[0] > settings.mask_thr, out[0] > settings.mask_thr):
+            assert mask_iou(a, b) >= 0.95
+    assert found >= 4
 
 
 def test_missing_packages_and_formats_are_named(weights, monkeypatch):

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 
 from ultra_solo import __version__
 
-MODES = ("train", "val", "predict", "export")
+MODES = ("train", "val", "predict", "export", "compare")
+COMPARE_KEYS = {"models", "cocoeval", "latency_images"}  # compare's own keys, beside any training argument
 HELP = f"""ultra-solo {__version__}: SOLOv2 instance segmentation on Ultralytics
 
 Usage: ultra-solo [segment] MODE key=value ...
@@ -22,6 +23,7 @@ Examples:
     ultra-solo segment val model=runs/segment/train/weights/best.pt data=data.yaml
     ultra-solo segment predict model=runs/segment/train/weights/best.pt source=images/
     ultra-solo export model=runs/segment/train/weights/best.pt format=onnx
+    ultra-solo compare data=data.yaml models=yolo11n-seg.yaml,solov2-n.yaml epochs=50 imgsz=640 batch=16
 
 Models: solov2-n.yaml, solov2-s.yaml, solov2-m.yaml, solov2-l.yaml (ResNet-18/34/50/101), or a trained .pt
 Other commands: ultra-solo help | ultra-solo version
@@ -67,7 +69,9 @@ def parse(args: list[str]) -> tuple[str, dict]:
         raise UsageError(f"no mode given: use one of {', '.join(MODES)} (see 'ultra-solo help')")
     try:
         with quiet(LOGGER):
-            check_dict_alignment(DEFAULT_CFG_DICT, overrides)
+            check_dict_alignment(
+                DEFAULT_CFG_DICT, overrides, allowed_custom_keys=COMPARE_KEYS if mode == "compare" else None
+            )
     except SyntaxError as e:
         raise UsageError(" ".join(str(e).replace("YOLO", "ultra-solo").split())) from None
     overrides.pop("mode", None)
@@ -75,13 +79,33 @@ def parse(args: list[str]) -> tuple[str, dict]:
     return mode, overrides
 
 
+def check_data(data: str) -> None:
+    """Check a dataset YAML the way training will, reporting a problem (missing key, file or folder) in one line."""
+    from ultralytics.data.utils import check_det_dataset
+
+    try:
+        check_det_dataset(data)
+    except (FileNotFoundError, SyntaxError, KeyError, AssertionError, ValueError) as e:
+        raise UsageError(f"data={data}: {' '.join(str(e).split())}") from None
+
+
 def run(mode: str, overrides: dict) -> None:
-    """Run one mode of a SOLO model with the given overrides."""
+    """Run one mode of a SOLO model (or `compare`) with the given overrides."""
     from ultra_solo import SOLO
 
+    if mode == "compare":
+        from ultra_solo.compare import compare
+
+        if "data" not in overrides or "models" not in overrides:
+            raise UsageError("compare needs data=... and models=a.yaml,b.yaml")
+        check_data(overrides["data"])
+        compare(**overrides)
+        return
     model = overrides.pop("model", "solov2-n.yaml" if mode == "train" else None)
     if model is None:
         raise UsageError(f"'{mode}' needs a model, e.g. model=runs/segment/train/weights/best.pt")
+    if mode in {"train", "val"} and overrides.get("data"):
+        check_data(overrides["data"])
     solo = SOLO(model)
     if mode == "predict":
         overrides.setdefault("save", True)  # as `yolo predict` does
@@ -102,11 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] in {"version", "-v", "--version"}:
         print(__version__)
         return 0
+    from ultra_solo.compare.args import ArgumentMismatchError
     from ultra_solo.models.solov2.export import MissingExtraError, UnsupportedFormatError
+    from ultra_solo.utils.labels import DatasetError
 
     try:
         run(*parse(args))
-    except (UsageError, FileNotFoundError, MissingExtraError, UnsupportedFormatError) as e:
+    except (
+        UsageError,
+        FileNotFoundError,
+        MissingExtraError,
+        UnsupportedFormatError,
+        ArgumentMismatchError,
+        DatasetError,
+    ) as e:
         print(f"ultra-solo: {e}", file=sys.stderr)
         return 2
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torchvision.ops import sigmoid_focal_loss
-from ultralytics.utils import ops
+from ultralytics.utils import LOGGER, ops
 
 from ultra_solo.utils.masks import instance_masks, resize_masks
 
@@ -69,6 +69,13 @@ class SOLOv2Loss:
         args = getattr(model, "args", {})
         args = args if isinstance(args, dict) else vars(args)
         self.overlap = args.get("overlap_mask", False)
+        self.skipped = 0  # batches whose loss was non-finite, counted by the model's `loss` guard
+
+    def update(self) -> None:
+        """Called by the trainer after each epoch: report and reset the count of skipped non-finite batches."""
+        if self.skipped:
+            LOGGER.warning(f"skipped {self.skipped} training batch(es) with a non-finite loss this epoch")
+        self.skipped = 0
 
     def targets(self, batch: dict, mask_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return GT masks (N, h, w) at `mask_size`, classes (N,) and the cell assignment (B, R)."""

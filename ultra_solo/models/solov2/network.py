@@ -129,6 +129,19 @@ class SOLOv2Model(BaseModel):
 
         return SOLOv2Loss(self)
 
+    def loss(self, batch: dict, preds=None):
+        """Compute the loss; a non-finite one (fp16 overflow, a corrupt batch) is skipped and counted.
+
+        The skipped batch returns a zero loss that still reaches every parameter (so DDP sees all of them) with zero
+        gradient, and zero loss items; the criterion reports the count once per epoch (`SOLOv2Loss.update`).
+        """
+        loss, items = super().loss(batch, preds)
+        if torch.isfinite(loss).all():
+            return loss, items
+        self.criterion.skipped += 1
+        zero = torch.stack([p.view(-1)[0] for p in self.parameters() if p.requires_grad]).sum() * 0.0
+        return zero, {k: torch.zeros_like(v) for k, v in items.items()}
+
 
 def solo_config(model) -> dict:
     """Return the `solo` constants of a SOLO model: given directly, wrapped in Ultralytics' AutoBackend, or exported."""
@@ -140,3 +153,20 @@ def solo_config(model) -> dict:
     if solo:
         return solo
     raise TypeError(f"{type(model).__name__} is not a SOLO model: it carries no 'solo' constants")
+
+
+def register_safe_globals() -> None:
+    """Allow the classes a SOLO checkpoint pickles under `ULTRALYTICS_SAFE_LOAD=1` (`torch.load(weights_only=True)`)."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    from .head import InstanceBranch, MaskFeatureBranch
+
+    torch.serialization.add_safe_globals(
+        [SOLOv2Model, SOLOv2Head, InstanceBranch, MaskFeatureBranch, FeaturePyramidNetwork, LastLevelMaxPool,
+         Conv2dNormActivation, BasicBlock, Bottleneck]
+    )  # fmt: skip
+
+
+register_safe_globals()

@@ -8,6 +8,8 @@ from pathlib import Path
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, RANK
 
+from ultra_solo.utils.labels import naming_non_polygon_rows
+
 from .network import SOLOv2Model
 from .val import SOLOValidator
 
@@ -49,6 +51,11 @@ class SOLOTrainer(SegmentationTrainer):
         elif not self.args.resume:
             model.load_pretrained_backbone(self.args.pretrained)
         return model
+
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        """Build Ultralytics' YOLO dataset; label rows that are not polygons are named in the error."""
+        with naming_non_polygon_rows(img_path):
+            return super().build_dataset(img_path, mode, batch)
 
     def get_validator(self) -> SOLOValidator:
         """Return the SOLOv2 validator."""

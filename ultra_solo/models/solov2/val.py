@@ -6,6 +6,8 @@ import torch
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import ops
 
+from ultra_solo.utils.labels import naming_non_polygon_rows
+
 from .head import dense_outputs
 from .network import solo_config
 from .postprocess import DecodeSettings, decode_image, mask_boxes, upsample_masks
@@ -23,6 +25,11 @@ class SOLOValidator(SegmentationValidator):
         if args is None or isinstance(args, dict):
             args = {"overlap_mask": False, **(args or {})}
         super().__init__(dataloader, save_dir, args, _callbacks)
+
+    def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
+        """Build Ultralytics' YOLO dataset; label rows that are not polygons are named in the error."""
+        with naming_non_polygon_rows(img_path):
+            return super().build_dataset(img_path, mode, batch)
 
     def init_metrics(self, model: torch.nn.Module) -> None:
         """Initialise metrics and read the SOLO inference constants from the model."""

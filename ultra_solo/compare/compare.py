@@ -1,0 +1,173 @@
+"""`compare()`: train every model from one argument set, score all with one validator configuration, report.
+
+Each model trains through its own family's Ultralytics front end (`ultralytics.YOLO` or `SOLO`) into
+`runs/compare/NAME/<model>/`. Before any training the runs' `args.yaml` files are checked to differ only in the
+model and output names, also against runs already in that folder: a model whose run there finished is not retrained,
+an interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ultralytics import YOLO
+from ultralytics.cfg import DEFAULT_CFG_DICT, check_dict_alignment
+from ultralytics.data import YOLODataset
+from ultralytics.data.utils import check_det_dataset
+from ultralytics.nn.backends.base import BaseBackend
+from ultralytics.utils import LOGGER, RUNS_DIR, YAML
+from ultralytics.utils.patches import torch_load
+
+from ultra_solo.models.solov2.cfg import find_model_yaml
+from ultra_solo.models.solov2.model import SOLO
+
+from .args import check_same_args
+from .cocoeval import ground_truth, segm_ap_from_file, with_coco_predictions
+from .report import plot_curves, write_report, write_summary
+from .speed import TrainSpeed, inference_latency
+
+SHARED_DEFAULTS = {"overlap_mask": DEFAULT_CFG_DICT["overlap_mask"]}  # YOLO and SOLO default it differently
+VAL_KEYS = ("imgsz", "batch", "device", "conf", "iou", "max_det", "overlap_mask", "half", "workers", "single_cls")
+
+
+def model_class(spec: str) -> type:
+    """`SOLO` for SOLO YAMLs, checkpoints and exports, `ultralytics.YOLO` for everything else."""
+    suffix = Path(spec).suffix
+    if suffix in {".yaml", ".yml"}:
+        try:
+            return SOLO if "solo" in YAML.load(find_model_yaml(spec)[0]) else YOLO
+        except FileNotFoundError:
+            return YOLO
+    if suffix == ".pt":
+        try:
+            SOLO(spec)
+            return SOLO
+        except TypeError:
+            return YOLO
+    return SOLO if "solo" in BaseBackend.read_metadata(spec) else YOLO
+
+
+class Run:
+    """One model's training run inside the comparison folder."""
+
+    def __init__(self, spec: str, folder: Path):
+        """Locate the run of model `spec` in `folder`."""
+        self.spec, self.name, self.folder = spec, Path(spec).stem, folder
+        self.cls = model_class(spec)
+        self.dir = folder / self.name
+        self.last, self.best = self.dir / "weights" / "last.pt", self.dir / "weights" / "best.pt"
+
+    def finished(self) -> bool:
+        """Whether the run completed (Ultralytics strips the optimizer and sets epoch -1 at the end)."""
+        return self.best.is_file() and self.last.is_file() and torch_load(self.last).get("epoch") == -1
+
+    def train_kwargs(self, train_args: dict) -> dict:
+        """The `train()` arguments of this run."""
+        return {**train_args, "project": str(self.folder), "name": self.name, "exist_ok": True}
+
+    def effective_args(self, train_args: dict, scratch: Path) -> Path:
+        """Have the model's own trainer write the `args.yaml` this run gets, into `scratch`; return that file."""
+        model = self.cls(self.spec)
+        overrides = {**self.train_kwargs(train_args), "model": model.overrides["model"], "task": model.task}
+        model._smart_load("trainer")(overrides={**overrides, "mode": "train", "save_dir": str(scratch / self.name)})
+        return scratch / self.name / "args.yaml"
+
+    def train(self, train_args: dict) -> None:
+        """Train, resume or skip; training-loop speed is recorded in `speed.json`."""
+        if self.finished():
+            LOGGER.info(f"compare: {self.spec} already trained in {self.dir}, not retraining")
+            return
+        resume = self.last.is_file()
+        model = self.cls(self.last if resume else self.spec)
+        TrainSpeed(self.dir / "speed.json").attach(model)
+        model.train(resume=True) if resume else model.train(**self.train_kwargs(train_args))
+
+
+def evaluate(run: Run, val_args: dict, gt: dict | None, images: list[Path]) -> dict:
+    """Score a run's best.pt with the shared validator settings; add size, speed and training time."""
+    model = run.cls(run.best)
+    validator = model._smart_load("validator")
+    metrics = model.val(validator=with_coco_predictions(validator) if gt else validator, name=run.name, **val_args)
+    row = {"model": run.spec, **metrics.results_dict}
+    if gt:
+        row |= {f"coco/segm_{k}": v for k, v in segm_ap_from_file(gt, metrics.save_dir / "predictions.json").items()}
+    _, params, _, flops = model.info(imgsz=val_args["imgsz"])
+    latency = inference_latency(model, images, val_args["imgsz"], device=val_args.get("device"))
+    results = (run.dir / "results.csv").read_text().splitlines()
+    hours = float(results[-1].split(",")[results[0].split(",").index("time")]) / 3600
+    train_img_s = TrainSpeed.images_per_second(run.dir / "speed.json")
+    size = {"params_M": params / 1e6, "GFLOPs": flops}
+    return {**row, **size, "latency_ms": latency["total"], "train_img_s": train_img_s, "train_hours": hours}
+
+
+def check_arguments(runs: list[Run], train_args: dict) -> dict:
+    """Check, before any training, that every run gets the same arguments, also runs already in the folder."""
+    scratch = runs[0].folder / ".args"
+    try:
+        requested = {run.spec: run.effective_args(train_args, scratch) for run in runs}
+        shared = check_same_args(requested)
+        for run in runs:
+            if (run.dir / "args.yaml").is_file():  # an earlier run of this comparison: same arguments or stop
+                check_same_args({f"{run.spec} now": requested[run.spec], f"{run.spec} before": run.dir / "args.yaml"})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return shared
+
+
+def compare(
+    data: str,
+    models: str | list[str],
+    name: str = "exp",
+    project: str | Path | None = None,
+    cocoeval: bool = False,
+    latency_images: int = 16,
+    **train_args,
+) -> Path:
+    """Train and compare models under identical settings; returns the folder with report.md and summary.csv.
+
+    Args:
+        data (str): Dataset YAML (YOLO-seg format).
+        models (str | list[str]): Model YAMLs or checkpoints, as a list or comma-separated, e.g.
+            'yolo11n-seg.yaml,solov2-n.yaml'.
+        name (str): Comparison name: outputs go to `project/name`.
+        project (str | Path, optional): Parent folder, default `runs/compare`.
+        cocoeval (bool): Also score masks with pycocotools `segm` COCOeval (GT built from the YOLO labels).
+        latency_images (int): Validation images used for the latency measurement.
+        **train_args: Ultralytics training arguments shared by every model (epochs, imgsz, batch, seed, ...).
+
+    Returns:
+        (Path): The comparison folder.
+    """
+    specs = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
+    folder = Path(project or RUNS_DIR / "compare").resolve() / name
+    check_dict_alignment(DEFAULT_CFG_DICT, train_args)
+    train_args = {**SHARED_DEFAULTS, **train_args, "data": data}
+    runs = [Run(spec, folder) for spec in specs]
+    if len({r.name for r in runs}) != len(runs):
+        raise ValueError(f"models {specs} must have distinct file names: each gets the folder {folder}/<name>")
+    shared = check_arguments(runs, train_args)
+    for run in runs:
+        run.train(train_args)
+
+    val_args = {k: train_args[k] for k in VAL_KEYS if k in train_args}
+    val_args |= {"data": data, "plots": False, "project": str(folder / "val"), "exist_ok": True}
+    data_dict = check_det_dataset(data)
+    val_set = YOLODataset(img_path=data_dict["val"], data=data_dict, task="segment", augment=False)
+    gt = ground_truth(val_set, data_dict["names"]) if cocoeval else None
+    images = sorted(Path(f) for f in val_set.im_files)[:latency_images]
+    rows = [evaluate(run, val_args, gt, images) for run in runs]
+
+    write_summary(folder / "summary.csv", rows)
+    plot_curves(folder / "curves.png", {run.name: run.dir / "results.csv" for run in runs})
+    notes = {
+        "keys compare sets": f"{SHARED_DEFAULTS} unless given (SOLO's trainer would default overlap_mask to False)",
+        "keys a family must set differently to work": "none",
+        "latency": f"median ms per image (preprocess + inference + postprocess), batch 1, imgsz {val_args['imgsz']},"
+        f" {len(images)} val images x 3 passes after a warm-up, predict defaults (conf 0.25)",
+        "train img/s": "training-loop images per second (no validation, no checkpointing), from this run's epochs",
+        "training h": "wall time of the run from results.csv, including per-epoch validation",
+    }
+    write_report(folder / "report.md", rows, shared, val_args, notes)
+    LOGGER.info(f"compare: report written to {folder / 'report.md'}")
+    return folder
