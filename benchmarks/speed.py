@@ -15,6 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import torch
 from ultralytics.data.utils import check_det_dataset
 
 from ultra_solo.compare.compare import model_class
@@ -49,12 +50,14 @@ def measure(spec: str, images: list[Path], args: argparse.Namespace, project: Pa
 def print_table(rows: list[dict]) -> None:
     """Print the table with ratios to the first model."""
     ref = rows[0]
+    print(f"torch threads {torch.get_num_threads()} (Ultralytics sets OMP_NUM_THREADS=1 unless it is set)")
     head = f"{'model':<28}" + "".join(f"{s[:10] + ' ms':>14}" for s in (*STAGES, "total"))
     print(head + f"{'x first':>9}{'train img/s':>13}{'x first':>9}")
     for r in rows:
         times = "".join(f"{r[s]:>14.1f}" for s in (*STAGES, "total"))
-        train = r["train_img_s"] / ref["train_img_s"] if ref["train_img_s"] and r["train_img_s"] else float("nan")
-        print(f"{r['model']:<28}{times}{r['total'] / ref['total']:>9.2f}{r['train_img_s']:>13.2f}{train:>9.2f}")
+        ratio = r["train_img_s"] / ref["train_img_s"] if ref["train_img_s"] and r["train_img_s"] else None
+        train = f"{'-':>9}" if ratio is None else f"{ratio:>9.2f}"
+        print(f"{r['model']:<28}{times}{r['total'] / ref['total']:>9.2f}{r['train_img_s']:>13.2f}{train}")
 
 
 def main() -> None:
