@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ import pytest
 
 # Before Ultralytics is imported: no network, no auto-install, settings and font in a private folder.
 _CONFIG_DIR = Path(tempfile.mkdtemp(prefix="ultra-solo-tests-"))
+atexit.register(shutil.rmtree, _CONFIG_DIR, ignore_errors=True)
 os.environ.update(YOLO_OFFLINE="1", YOLO_AUTOINSTALL="0", YOLO_CONFIG_DIR=str(_CONFIG_DIR))
 
 
