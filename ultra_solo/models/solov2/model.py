@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ultralytics.engine.model import Model
-from ultralytics.utils import DEFAULT_CFG_DICT, RANK
+from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER, RANK
 
 from .export import RUNTIME_PACKAGES, add_solo_metadata, check_export, require
 from .network import SOLOv2Model
@@ -59,7 +59,9 @@ class SOLO(Model):
         """
         kwargs.setdefault("format", "torchscript")
         check_export(str(kwargs["format"]).lower())
-        return super().export(**kwargs)
+        file = super().export(**kwargs)
+        LOGGER.info(f"SOLO exports run with ultra-solo (not 'yolo'): ultra-solo segment predict model={file}")
+        return file
 
     @property
     def task_map(self) -> dict:
