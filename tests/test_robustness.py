@@ -136,6 +136,7 @@ def test_extreme_aspect_ratio(coco8, tmp_path, shape):
     yaml = dataset(tmp_path / "data", coco8, {"strip.jpg": (lambda f: write_image(f, shape), SQUARE)})
     model = SOLO("solov2-n.yaml")
     model.train(data=str(yaml), project=str(tmp_path), name="run", **{**TINY, "imgsz": 128})
+    assert "strip.jpg" in {Path(f).name for f in model.trainer.train_loader.dataset.im_files}
     results = model.predict(tmp_path / "data" / "images" / "strip.jpg", imgsz=128, conf=0.0)
     assert results[0].orig_shape == shape[:2]
 
