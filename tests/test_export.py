@@ -11,9 +11,8 @@ import torch
 
 from ultra_solo import SOLO
 from ultra_solo.models.solov2 import export
-from ultra_solo.models.solov2.head import dense_outputs
 from ultra_solo.models.solov2.network import solo_config
-from ultra_solo.models.solov2.postprocess import DecodeSettings, decode_image
+from ultra_solo.models.solov2.postprocess import DecodeSettings, decode_image, dense_outputs
 
 IMGSZ = 256
 
@@ -27,10 +26,12 @@ def weights(overfit, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(weights) -> dict[str, Path]:
-    """Static ONNX and TorchScript exports, and a dynamic-batch ONNX export, at imgsz 256."""
+    """Static ONNX and TorchScript exports, a dynamic-batch ONNX export and a dynamic end2end one, at imgsz 256."""
     model = SOLO(weights)
     dynamic = Path(model.export(format="onnx", imgsz=IMGSZ, dynamic=True))
     files = {"dynamic": Path(shutil.move(dynamic, dynamic.with_name("dynamic.onnx")))}
+    end2end = Path(model.export(format="onnx", imgsz=IMGSZ, dynamic=True, nms=True))
+    files["end2end"] = Path(shutil.move(end2end, end2end.with_name("end2end.onnx")))
     files.update({fmt: Path(model.export(format=fmt, imgsz=IMGSZ)) for fmt in ("onnx", "torchscript")})
     return files
 
@@ -60,16 +61,29 @@ def test_onnxruntime_runs_the_graph(exported, weights):
     assert np.allclose(feats, ref_feats.numpy(), atol=1e-3)
 
 
+def test_end2end_graph_decodes_in_onnxruntime(exported):
+    import onnx
+    import onnxruntime
+
+    graph = onnx.load(str(exported["end2end"]))
+    assert "Trilu" not in {node.op_type for node in graph.graph.node}
+    assert "'end2end': {'conf': 0.001, 'max_det': 300}" in {p.key: p.value for p in graph.metadata_props}["solo"]
+    session = onnxruntime.InferenceSession(str(exported["end2end"]), providers=["CPUExecutionProvider"])
+    scores, classes, probs = session.run(None, {"images": np.random.default_rng(0).random((2, 3, IMGSZ, IMGSZ), "f4")})
+    assert scores.shape == classes.shape == (2, 300) and probs.shape == (2, 300, 64, 64)
+    assert (np.diff(scores, axis=1) <= 0).all() and ((classes >= 0) & (classes < 80)).all()
+
+
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.bool(), b.bool()
     return float((a & b).sum() / (a | b).sum().clamp_min(1))
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "end2end"])
 def test_exported_predictions_match_pt(exported, weights, coco8, fmt):
     source = coco8.parent / "images" / "train"  # the images the model learned
     pt = SOLO(weights).predict(source, imgsz=IMGSZ, rect=False)  # same square letterbox as the static export
-    ex = SOLO(exported[fmt]).predict(source, imgsz=IMGSZ)
+    ex = SOLO(exported[fmt]).predict(source, imgsz=IMGSZ, rect=False)  # the end2end export is dynamic: rect allowed
     assert sum(len(r.boxes) for r in pt) >= 4
     for a, b in zip(pt, ex):
         assert a.path == b.path and len(a.boxes) == len(b.boxes), a.path
@@ -79,11 +93,11 @@ def test_exported_predictions_match_pt(exported, weights, coco8, fmt):
             assert mask_iou(ma, mb) >= 0.95
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "end2end"])
 def test_exported_val_matches_pt(exported, weights, coco8_train_as_val, fmt, tmp_path):
     args = dict(data=str(coco8_train_as_val), imgsz=IMGSZ, batch=1, project=str(tmp_path), plots=False)
     pt = SOLO(weights).val(rect=False, **args)
-    ex = SOLO(exported[fmt]).val(**args)
+    ex = SOLO(exported[fmt]).val(rect=False, **args)
     assert pt.seg.map50 > 0.3
     assert abs(pt.seg.map - ex.seg.map) <= 0.005 and abs(pt.seg.map50 - ex.seg.map50) <= 0.005
     assert abs(pt.box.map - ex.box.map) <= 0.005

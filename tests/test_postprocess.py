@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from ultra_solo.models.solov2.head import point_nms
-from ultra_solo.models.solov2.postprocess import DecodeSettings, decode_image, mask_boxes, matrix_nms
+from ultra_solo.models.solov2.postprocess import (
+    DecodeSettings,
+    decode_image,
+    decode_static,
+    detections,
+    mask_boxes,
+    matrix_nms,
+)
 
 SETTINGS = DecodeSettings(num_grids=(4, 2), strides=(8, 16))  # R = 16 + 4 cells
 
@@ -58,6 +65,14 @@ def test_matrix_nms_classes_do_not_suppress_each_other():
     assert torch.equal(mixed, torch.ones(3))
 
 
+def test_matrix_nms_batched_equals_one_by_one():
+    g = torch.Generator().manual_seed(1)
+    masks = (torch.rand(3, 7, 64, generator=g) > torch.rand(3, 7, 1, generator=g)).float()  # (B, n, M)
+    labels = torch.randint(0, 2, (3, 7), generator=g)
+    batched = matrix_nms(masks, labels, masks.sum(2))
+    assert torch.equal(batched, torch.stack([matrix_nms(m, lab, m.sum(1)) for m, lab in zip(masks, labels)]))
+
+
 def test_point_nms_keeps_local_maxima():
     scores = torch.tensor([[0.1, 0.9, 0.2], [0.3, 0.4, 0.8], [0.7, 0.1, 0.6]])[None, None]
     kept = point_nms(scores)[0, 0]
@@ -103,3 +118,34 @@ def test_mask_boxes_cover_whole_pixels():
     masks[0, 2:5, 3:9] = True  # rows 2-4, cols 3-8
     boxes = mask_boxes(masks)
     assert boxes.tolist() == [[3.0, 2.0, 9.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
+
+
+def random_dense_outputs(batch: int, gen: torch.Generator):
+    """Dense outputs (B, 20, 3), (B, 20, 8), (B, 8, 16, 16) with many candidates, overlapping and small masks."""
+    scores = torch.rand(batch, 20, 3, generator=gen) ** 2  # about 2/3 above conf 0.1, 45% above 0.3
+    kernels = torch.randn(batch, 20, 8, generator=gen)
+    kernels[:, ::4] -= 3  # some mostly-negative kernels: masks small enough for the stride filter
+    feats = torch.randn(batch, 8, 16, 16, generator=gen)
+    return scores, kernels, feats
+
+
+@pytest.mark.parametrize("nms_pre, max_det", [(60, 100), (30, 100), (60, 5)])
+def test_static_decode_matches_decode_image(nms_pre, max_det):
+    """The end2end graph's fixed-size decode gives `decode_image`'s detections, padded with zero scores."""
+    settings = DecodeSettings(num_grids=(4, 2), strides=(8, 16), nms_pre=nms_pre)
+    dense = random_dense_outputs(4, torch.Generator().manual_seed(2))
+    static = decode_static(*dense, settings, conf=0.1, max_det=max_det)
+    assert static[0].shape == static[1].shape == (4, min(max_det, nms_pre)) and static[2].shape[2:] == (16, 16)
+    found = 0
+    for i, (s, k, f) in enumerate(zip(*dense)):
+        probs, conf, cls = decode_image(s, k, f, settings, conf=0.1, max_det=max_det)
+        n = len(conf)
+        found += n
+        assert int((static[0][i] > 0).sum()) == n
+        assert torch.allclose(static[0][i, :n], conf, atol=1e-6) and torch.equal(static[1][i, :n], cls)
+        assert torch.allclose(static[2][i, :n], probs, atol=1e-6)
+    assert found > 8
+    # decoded with conf 0.1, then filtered at conf 0.3: exactly the detections of decoding with conf 0.3
+    end2end = DecodeSettings(num_grids=(4, 2), strides=(8, 16), nms_pre=nms_pre, end2end=True)
+    for (p1, c1, k1), (p2, c2, k2) in zip(detections(static, end2end, 0.3, 3), detections(dense, settings, 0.3, 3)):
+        assert torch.equal(k1, k2) and torch.allclose(c1, c2, atol=1e-6) and torch.allclose(p1, p2, atol=1e-6)

@@ -39,8 +39,9 @@ def check_export(fmt: str) -> None:
 
 
 def add_solo_metadata(exporter) -> None:
-    """`on_export_start` callback: store the model's `solo` constants in the export's metadata."""
-    exporter.metadata["solo"] = exporter.model.yaml["solo"]
+    """`on_export_start` callback: store the model's `solo` constants (and end2end conf, max_det) in the metadata."""
+    solo, end2end = exporter.model.yaml["solo"], exporter.model.model[-1].end2end
+    exporter.metadata["solo"] = {**solo, "end2end": {"conf": end2end[1], "max_det": end2end[2]}} if end2end else solo
 
 
 def metadata_solo(metadata: dict) -> dict | None:

@@ -20,6 +20,8 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from .postprocess import DecodeSettings, decode_static
+
 
 def conv_gn_relu(c1: int, c2: int, k: int = 3) -> nn.Sequential:
     """Return a bias-free k x k convolution followed by GroupNorm(32) and ReLU, as in MMDetection's ConvModule."""
@@ -141,11 +143,6 @@ def raw_outputs(preds) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Te
     return preds[1] if len(preds) == 2 else preds
 
 
-def dense_outputs(preds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (scores, kernels, mask features) from the eval `(dense, raw)` pair or an export's three outputs."""
-    return preds[0] if len(preds) == 2 else preds
-
-
 class SOLOv2Head(nn.Module):
     """FPN P2-P6 and the SOLOv2 head.
 
@@ -154,8 +151,11 @@ class SOLOv2Head(nn.Module):
             (B, E, H/4, W/4));
         eval: (dense, raw) with dense = (scores (B, R, nc) after sigmoid and 2x2 point NMS, kernels (B, R, E),
             mask features (B, E, H/4, W/4));
-        tracing / ONNX export: dense only, three plain tensors.
+        tracing / ONNX export: dense only, three plain tensors; with `end2end` set (settings, conf, max_det), the
+            decoded detections of `decode_static` instead.
     """
+
+    end2end: tuple[DecodeSettings, float, int] | None = None  # set only while an end2end export traces the head
 
     def __init__(
         self,
@@ -203,5 +203,5 @@ class SOLOv2Head(nn.Module):
         scores = flatten_levels([point_nms(c.sigmoid()) for c in cls_logits])  # (B, R, nc)
         dense = (scores, flatten_levels(list(kernels)), mask_feats)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return dense
+            return decode_static(*dense, *self.end2end) if self.end2end else dense
         return dense, raw

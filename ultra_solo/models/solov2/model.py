@@ -15,7 +15,8 @@ from ultralytics.engine.model import Model
 from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER, RANK
 
 from .export import RUNTIME_PACKAGES, add_solo_metadata, check_export, require
-from .network import SOLOv2Model
+from .network import SOLOv2Model, solo_config
+from .postprocess import DecodeSettings
 from .predict import SOLOPredictor
 from .train import SOLOTrainer
 from .val import SOLOValidator
@@ -55,11 +56,23 @@ class SOLO(Model):
         """Export through Ultralytics' `Exporter` to 'torchscript' (default) or 'onnx'; returns the file's path.
 
         The export holds the dense network (scores, kernels, mask features) and the SOLO constants as metadata, so
-        `SOLO("best.onnx")` predicts and validates like the `.pt`. ONNX needs `pip install 'ultra-solo[export]'`.
+        `SOLO("best.onnx")` predicts and validates like the `.pt`. With `nms=True` (end2end) the graph also decodes:
+        scores (B, D), classes (B, D) and mask probabilities (B, D, H/4, W/4), D = min(max_det, nms_pre), with `conf`
+        (default 0.001) and `max_det` fixed at export; predicting or validating it with any conf >= that and max_det
+        <= that gives the `.pt`'s detections. ONNX needs `pip install 'ultra-solo[export]'`.
         """
         kwargs.setdefault("format", "torchscript")
         check_export(str(kwargs["format"]).lower())
-        file = super().export(**kwargs)
+        head = self.model.model[-1]
+        if kwargs.get("nms"):  # SOLO's decoding goes into the graph itself, not Ultralytics' YOLO NMS wrapper
+            conf = 0.001 if kwargs.get("conf") is None else kwargs["conf"]  # the graph's cost does not depend on it
+            settings = DecodeSettings.from_solo(solo_config(self.model))
+            head.end2end = (settings, conf, kwargs.get("max_det", DEFAULT_CFG_DICT["max_det"]))
+            kwargs["nms"] = None
+        try:
+            file = super().export(**kwargs)
+        finally:
+            head.__dict__.pop("end2end", None)  # back to the class default: dense outputs
         LOGGER.info(f"SOLO exports run with ultra-solo (not 'yolo'): ultra-solo segment predict model={file}")
         return file
 

@@ -7,9 +7,8 @@ from ultralytics.engine.results import Results
 from ultralytics.models.yolo.segment import SegmentationPredictor
 from ultralytics.utils import ops
 
-from .head import dense_outputs
 from .network import solo_config
-from .postprocess import DecodeSettings, decode_image, mask_boxes, upsample_masks
+from .postprocess import DecodeSettings, detections, mask_boxes, upsample_masks
 
 
 class SOLOPredictor(SegmentationPredictor):
@@ -29,15 +28,12 @@ class SOLOPredictor(SegmentationPredictor):
         """Decode each image of the batch into a `Results` in original-image pixels."""
         if not isinstance(orig_imgs, list):  # input images are a torch.Tensor, not a list
             orig_imgs = ops.convert_torch2numpy_batch(orig_imgs)[..., ::-1]
-        scores, kernels, mask_feats = dense_outputs(preds)
-        return [
-            self.make_result((s, k, f), img, orig_img, path)
-            for s, k, f, orig_img, path in zip(scores, kernels, mask_feats, orig_imgs, self.batch[0])
-        ]
+        found = detections(preds, self.decode, self.args.conf, self.args.max_det)
+        return [self.make_result(d, img, orig_img, path) for d, orig_img, path in zip(found, orig_imgs, self.batch[0])]
 
-    def make_result(self, dense, img: torch.Tensor, orig_img, img_path: str) -> Results:
+    def make_result(self, found: tuple, img: torch.Tensor, orig_img, img_path: str) -> Results:
         """Build one `Results`: masks at the letterboxed input size, or at the original size with `retina_masks`."""
-        probs, conf, cls = decode_image(*dense, self.decode, self.args.conf, self.args.max_det)
+        probs, conf, cls = found
         thr = self.decode.mask_thr
         if self.args.retina_masks:
             masks = ops.scale_masks(probs[None], orig_img.shape[:2])[0] > thr  # (n, h0, w0)

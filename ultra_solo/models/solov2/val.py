@@ -8,9 +8,8 @@ from ultralytics.utils import ops
 
 from ultra_solo.utils.labels import naming_non_polygon_rows
 
-from .head import dense_outputs
 from .network import solo_config
-from .postprocess import DecodeSettings, decode_image, mask_boxes, upsample_masks
+from .postprocess import DecodeSettings, detections, mask_boxes, upsample_masks
 
 
 class SOLOValidator(SegmentationValidator):
@@ -43,12 +42,10 @@ class SOLOValidator(SegmentationValidator):
             (list[dict[str, torch.Tensor]]): `bboxes` (n, 4) xyxy in input pixels, `conf` (n,) descending, `cls` (n,)
                 and `masks` (n, H/4, W/4), or (n, H, W) when `save_json`/`save_txt` asks for native resolution.
         """
-        scores, kernels, mask_feats = dense_outputs(preds)
-        size = [4 * x for x in mask_feats.shape[2:]]  # input size: mask features are at stride 4
         native = self.process is ops.process_mask_native
         out = []
-        for s, k, f in zip(scores, kernels, mask_feats):
-            probs, conf, cls = decode_image(s, k, f, self.decode, self.args.conf, self.args.max_det)
+        for probs, conf, cls in detections(preds, self.decode, self.args.conf, self.args.max_det):
+            size = [4 * x for x in probs.shape[1:]]  # input size: masks are at the mask-feature stride 4
             full = upsample_masks(probs, size, self.decode.mask_thr)  # (n, H, W)
             masks = full if native else probs > self.decode.mask_thr
             out.append({"bboxes": mask_boxes(full), "conf": conf, "cls": cls.float(), "masks": masks})
