@@ -1,9 +1,9 @@
-"""Benchmark SOLOv2 inference decoding (`decode_image`) and Matrix NMS against the number of candidates.
+"""Benchmark SOLO inference decoding (`detections` of one image) and Matrix NMS against the number of candidates.
 
 Synthetic inputs: mask features (E, h, w) made of one compact blob per channel and random kernels (R, E) biased
 negative, so that each decoded mask covers a few blobs (median about 6% of the image; a few fall to the small-mask
 filter). Scores (R, nc) are zero except exactly K (cell, class) entries in (conf, 1]; the K entries of a smaller K are
-a subset of those of a larger one, and kernels and mask features are shared by every K. `decode_image` keeps at most
+a subset of those of a larger one, and kernels and mask features are shared by every K. Decoding keeps at most
 `nms_pre` candidates, so the table also times Matrix NMS alone on the masks of the top n = min(K, nms_pre) candidates.
 
 Run (about 15 s on 2 idle CPU cores):
@@ -20,14 +20,14 @@ from functools import partial
 import torch
 from timing import median_ms
 
-from ultra_solo.models.solov2.cfg import load_model_yaml
-from ultra_solo.models.solov2.postprocess import DecodeSettings, decode_image, matrix_nms
+from ultra_solo.models.solov2.network import SOLOv2Model
+from ultra_solo.models.solov2.postprocess import DecodeSettings, detections, matrix_nms
 
 
 def parse_args() -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="solov2-n.yaml", help="model YAML: its solo block and kernel size E")
+    parser.add_argument("--model", default="yolo11n-solo.yaml", help="model YAML: its solo block and kernel size E")
     parser.add_argument("--imgsz", type=int, default=640, help="input size; mask features are imgsz / 4")
     parser.add_argument("--candidates", type=int, nargs="+", default=[10, 50, 100, 200, 500, 1000], help="K values")
     parser.add_argument("--conf", type=float, default=0.25, help="score threshold")
@@ -75,12 +75,12 @@ def time_row(
 ) -> str:
     """Time decoding of the K candidates in `scores` and Matrix NMS of the top min(K, nms_pre); return a table row."""
     device, k = kernels.device, int((scores > 0).sum())
-    decode = partial(decode_image, scores, kernels, mask_feats, settings, args.conf, args.max_det)
+    decode = partial(detections, (scores[None], kernels[None], mask_feats[None]), settings, args.conf, args.max_det)
     nms_args = nms_inputs(scores, kernels, mask_feats, settings)
     nms = partial(matrix_nms, *nms_args, settings.kernel, settings.sigma)
     decode_ms = median_ms(decode, device, args.warmup, args.repeats)
     nms_ms = median_ms(nms, device, args.warmup, args.repeats)
-    return f"{k:>6} {len(nms_args[0]):>8} {decode_ms:>10.2f} {nms_ms:>14.2f} {len(decode()[1]):>5}"
+    return f"{k:>6} {len(nms_args[0]):>8} {decode_ms:>10.2f} {nms_ms:>14.2f} {len(decode()[0][1]):>5}"
 
 
 def main() -> None:
@@ -88,9 +88,9 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
-    d = load_model_yaml(args.model)
-    settings = DecodeSettings.from_solo(d["solo"])
-    cells, nc, channels = sum(s * s for s in settings.num_grids), d["nc"], d["scales"][d["scale"]]["mask_out"]
+    model = SOLOv2Model(args.model, verbose=False)
+    settings = DecodeSettings.from_solo(model.yaml["solo"])
+    cells, nc, channels = sum(s * s for s in settings.num_grids), model.yaml["nc"], model.model[-1].kernel_size
     kernels = (torch.randn(cells, channels, generator=gen) - 0.5).to(device)
     entries = torch.randperm(cells * nc, generator=gen)[: max(args.candidates)].to(device)
     values = (args.conf + (1 - args.conf) * (1 - torch.rand(len(entries), generator=gen))).to(device)  # (conf, 1]

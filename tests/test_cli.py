@@ -23,7 +23,7 @@ def trained(coco8, tmp_path_factory) -> Path:
     """`ultra-solo segment train` for one epoch; returns the run folder."""
     project = tmp_path_factory.mktemp("cli")
     out = ultra_solo(
-        "segment", "train", "model=solov2-n.yaml", f"data={coco8}", "epochs=1", f"project={project}", "name=train",
+        "segment", "train", "model=yolo11n-solo.yaml", f"data={coco8}", "epochs=1", f"project={project}", "name=train",
         *SMALL, cwd=project,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -66,7 +66,7 @@ def test_export_onnx_then_predict(trained, coco8):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["segment", "train", "model=solov2-n.yaml", "epochz=3"], "'epochz' is not a valid ultra-solo argument"),
+        (["segment", "train", "model=yolo11n-solo.yaml", "epochz=3"], "'epochz' is not a valid ultra-solo argument"),
         (["detect", "train"], "task 'detect' is not supported"),
         (["segment", "model=solov2-n.yaml"], "no mode given"),
         (["val", "data=x.yaml"], "'val' needs a model"),
@@ -74,6 +74,7 @@ def test_export_onnx_then_predict(trained, coco8):
         (["export", "model=solov2-n.yaml", "format=openvino"], "format='openvino' is not supported"),
         (["compare", "models=yolo11n-seg.yaml,solov2-n.yaml"], "compare needs data=... and models="),
         (["train", "models=a.yaml"], "'models' is not a valid ultra-solo argument"),
+        (["segment", "train", "data=coco8-seg.yaml"], "data=coco8-seg.yaml: not found on disk and could not be down"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(args, message, tmp_path):

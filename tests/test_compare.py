@@ -1,16 +1,18 @@
-"""`ultra-solo compare`: argument identity, outputs of a tiny two-model run, resumability, COCOeval path."""
+"""`ultra-solo compare`: argument identity, outputs of a tiny two-model run, resumability, COCO / Boundary AP."""
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
+from faster_coco_eval.core import mask as mask_utils
 from ultralytics.data import YOLODataset
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.utils import YAML
 
 from ultra_solo.compare import compare
 from ultra_solo.compare.args import ArgumentMismatchError, check_same_args
-from ultra_solo.compare.cocoeval import ground_truth, segm_ap
+from ultra_solo.compare.cocoeval import coco_metrics, ground_truth
 
 from .conftest import NO_AUGMENT
 
@@ -30,38 +32,41 @@ def test_identity_check_names_the_differing_key(tmp_path):
 @pytest.fixture(scope="module")
 def compared(coco8, tmp_path_factory):
     project = tmp_path_factory.mktemp("compare")
-    folder = compare(data=str(coco8), models="yolo11n-seg.yaml,solov2-n.yaml", project=project, cocoeval=True, **TINY)
-    return folder
+    return compare(data=str(coco8), models="yolo11n-seg.yaml,yolo11n-solo.yaml", project=project, **TINY)
 
 
-def test_report_summary_and_curves(compared):
+def test_report_summary_curves_and_picture(compared):
     report = (compared / "report.md").read_text()
-    for text in ("yolo11n-seg.yaml", "solov2-n.yaml", "mask mAP50-95", "latency ms", "train img/s", "| seed | 0 |"):
-        assert text in report
-    rows = (compared / "summary.csv").read_text().splitlines()
-    assert len(rows) == 3 and "metrics/mAP50-95(M)" in rows[0] and "coco/segm_AP" in rows[0]
+    for text in ("yolo11n-seg.yaml", "yolo11n-solo.yaml", "mask mAP50-95", "latency ms", "train img/s", "| seed | 0 |",
+                 "GFLOPs@64", "boundary mAP50-95", "![predictions](predictions.jpg)"):  # fmt: skip
+        assert text in report, text
+    header, *rows = (compared / "summary.csv").read_text().splitlines()
+    new = ["weights", "boundary_mAP50-95", "boundary_mAP50", "mask_mAP_small", "mask_mAP_medium", "mask_mAP_large"]
+    assert len(rows) == 2 and set(new) <= set(header.split(",")) and "metrics/mAP50-95(M)" in header
+    assert all(row.split(",")[header.split(",").index("weights")] == "scratch" for row in rows)
     assert (compared / "curves.png").stat().st_size > 10_000
-    for run in ("yolo11n-seg", "solov2-n"):
+    picture = cv2.imread(str(compared / "predictions.jpg"))
+    assert picture.shape[0] >= 4 * 360 and picture.shape[1] > 3 * 360  # 4 images x (ground truth + 2 models)
+    for run in ("yolo11n-seg", "yolo11n-solo"):
         args = YAML.load(compared / run / "args.yaml")
         assert args["overlap_mask"] is True and args["mosaic"] == 0.0  # the one shared argument set
 
 
 def test_trained_models_are_not_retrained(compared, coco8):
-    best = compared / "solov2-n" / "weights" / "best.pt"
+    best = compared / "yolo11n-solo" / "weights" / "best.pt"
     before = best.stat().st_mtime_ns
-    compare(data=str(coco8), models="yolo11n-seg.yaml,solov2-n.yaml", project=compared.parent, **TINY)
+    compare(data=str(coco8), models="yolo11n-seg.yaml,yolo11n-solo.yaml", project=compared.parent, **TINY)
     assert best.stat().st_mtime_ns == before
 
 
 def test_a_run_with_other_arguments_is_refused(compared, coco8):
     with pytest.raises(ArgumentMismatchError, match="'mosaic'"):
-        compare(data=str(coco8), models="yolo11n-seg.yaml,solov2-n.yaml", project=compared.parent,
+        compare(data=str(coco8), models="yolo11n-seg.yaml,yolo11n-solo.yaml", project=compared.parent,
                 **{**TINY, "mosaic": 1.0})  # fmt: skip
 
 
-def test_cocoeval_of_ground_truth_is_perfect(coco8):
-    data = check_det_dataset(str(coco8))
-    gt = ground_truth(YOLODataset(img_path=data["val"], data=data, task="segment", augment=False), data["names"])
+def ground_truth_predictions(gt: dict) -> list[dict]:
+    """The ground truth of `gt` as COCO results with RLE masks and score 1."""
     files = {im["id"]: im for im in gt["images"]}
     predictions = []
     for ann in gt["annotations"]:
@@ -70,7 +75,78 @@ def test_cocoeval_of_ground_truth_is_perfect(coco8):
         rle["counts"] = rle["counts"].decode()
         predictions.append({"file_name": im["file_name"], "category_id": ann["category_id"], "score": 1.0,
                             "bbox": ann["bbox"], "segmentation": rle})  # fmt: skip
+    return predictions
+
+
+def test_coco_metrics_of_ground_truth_are_perfect(coco8):
+    data = check_det_dataset(str(coco8))
+    gt = ground_truth(YOLODataset(img_path=data["val"], data=data, task="segment", augment=False), data["names"])
+    predictions = ground_truth_predictions(gt)
     assert len(predictions) == 17
-    ap = segm_ap(gt, predictions)
-    assert ap["AP"] > 0.99 and ap["AP50"] > 0.99
-    assert segm_ap(gt, [])["AP"] == 0.0
+    metrics = coco_metrics(gt, predictions)
+    for key in ("coco_mask_mAP50-95", "coco_mask_mAP50", "boundary_mAP50-95", "mask_mAP_small", "mask_mAP_large"):
+        assert metrics[key] > 0.99, key
+    assert coco_metrics(gt, [])["boundary_mAP50-95"] == 0.0
+
+
+def rle(mask: np.ndarray) -> dict:
+    """COCO RLE of a binary mask, with string counts as in predictions.json."""
+    encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {**encoded, "counts": encoded["counts"].decode()}
+
+
+def test_boundary_ap_of_a_known_boundary_error():
+    """A 100 x 100 square predicted 2 px to the right, in a 200 x 200 image.
+
+    Mask IoU = 98 / 102 = 0.961: above every threshold 0.50-0.95, mask AP 1. Boundary bands are round(0.02 * 282.8) = 6
+    px wide: ground truth [50,150)^2 minus [56,144)^2, 2256 px; their intersection is the squares' overlap
+    (100 x 98 = 9800) minus the union of the inner squares (88 x 90 = 7920) = 1880, the union 2 x 2256 - 1880 = 2632,
+    Boundary IoU = 1880 / 2632 = 0.714. The detection's IoU is min(0.961, 0.714): it passes 5 of 10 thresholds.
+    """
+    square = np.zeros((200, 200), np.uint8)
+    square[50:150, 50:150] = 1
+    gt = {
+        "images": [{"id": 0, "file_name": "a.jpg", "height": 200, "width": 200}],
+        "annotations": [{"id": 1, "image_id": 0, "category_id": 1, "segmentation": rle(square),
+                         "bbox": [50, 50, 100, 100], "area": 10000.0, "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "square"}],
+    }  # fmt: skip
+    shifted = np.roll(square, 2, axis=1)
+    found = {"file_name": "a.jpg", "category_id": 1, "score": 0.9, "bbox": [52, 50, 100, 100]}
+    found["segmentation"] = rle(shifted)
+    metrics = coco_metrics(gt, [found])
+    assert metrics["coco_mask_mAP50-95"] == pytest.approx(1.0) and metrics["mask_mAP_large"] == pytest.approx(1.0)
+    assert metrics["boundary_mAP50-95"] == pytest.approx(0.5) and metrics["boundary_mAP50"] == pytest.approx(1.0)
+    assert metrics["mask_mAP_small"] is None and metrics["mask_mAP_medium"] is None  # no such ground truth
+
+
+def test_mask_ap_equals_pycocotools(coco8):
+    """faster-coco-eval's `segm` AP is pycocotools' on the same imperfect predictions (it replaces it here)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    data = check_det_dataset(str(coco8))
+    gt = ground_truth(YOLODataset(img_path=data["val"], data=data, task="segment", augment=False), data["names"])
+    ids = {im["file_name"]: im["id"] for im in gt["images"]}
+    rng = np.random.default_rng(0)
+    predictions = []
+    for p in ground_truth_predictions(gt):
+        mask = mask_utils.decode(p["segmentation"])
+        mask = np.roll(mask, int(rng.integers(-6, 7)), axis=int(rng.integers(0, 2)))  # boundary errors
+        predictions.append({**p, "score": float(rng.random()), "segmentation": rle(mask)})
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        reference = COCOeval(coco, coco.loadRes([{**p, "image_id": ids[p["file_name"]]} for p in predictions]), "segm")
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    metrics = coco_metrics(gt, predictions)
+    assert 0.2 < metrics["coco_mask_mAP50-95"] < 0.95
+    assert metrics["coco_mask_mAP50-95"] == pytest.approx(reference.stats[0], abs=1e-6)
+    assert metrics["coco_mask_mAP50"] == pytest.approx(reference.stats[1], abs=1e-6)
+    assert metrics["mask_mAP_small"] == pytest.approx(reference.stats[3], abs=1e-6)

@@ -19,9 +19,9 @@ TINY = dict(imgsz=64, batch=4, workers=0, seed=0, **NO_AUGMENT)
 
 @pytest.fixture(scope="module")
 def run(coco8, tmp_path_factory):
-    """A 2-epoch solov2-n run on coco8-seg, with the callbacks it fired."""
+    """A 2-epoch yolo11n-solo run on coco8-seg, with the callbacks it fired."""
     project = tmp_path_factory.mktemp("runs")
-    model = SOLO("solov2-n.yaml")
+    model = SOLO("yolo11n-solo.yaml")
     fired = []
     for event in ("on_train_start", "on_train_epoch_end", "on_val_end", "on_model_save", "on_train_end"):
         model.add_callback(event, lambda _, e=event: fired.append(e))
@@ -78,12 +78,28 @@ def test_reload_in_new_process(run, coco8):
     assert out.stdout.split()[-4:] == ["SOLOv2Model", "segment", "80", "4"]
 
 
+def test_yolo_refuses_a_solo_checkpoint_by_name(run, coco8, tmp_path):
+    """YOLO's decoding would read SOLO outputs as boxes and find nothing: YOLO() and `yolo predict` say so instead."""
+    from ultralytics import YOLO
+
+    best = run[0] / "weights/best.pt"
+    image = next((coco8.parent / "images" / "val").glob("*.jpg"))
+    with pytest.raises(TypeError, match=r"is a SOLO model.*ultra-solo segment predict model="):
+        YOLO(best).predict(image, imgsz=64)
+    with pytest.raises(TypeError, match="is a SOLO model"):
+        YOLO(best).val(data=str(coco8), imgsz=64, project=str(tmp_path))
+    yolo = Path(sys.executable).parent / "yolo"
+    out = subprocess.run([str(yolo), "predict", f"model={best}", f"source={image}", "imgsz=64", f"project={tmp_path}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert out.returncode != 0 and "is a SOLO model" in out.stdout + out.stderr
+
+
 class Crash(Exception):
     """Raised by a callback to stop a run after its first epoch."""
 
 
 def test_resume_after_crash(coco8, tmp_path):
-    model = SOLO("solov2-n.yaml")
+    model = SOLO("yolo11n-solo.yaml")
 
     def crash(trainer):
         if trainer.epoch == 0:

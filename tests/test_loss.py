@@ -1,4 +1,4 @@
-"""SOLOv2 loss on a real model: empty GT, one GT, gradients to every head parameter, dice values."""
+"""SOLO loss on real models of both heads: empty GT, one GT, gradients to every head parameter, dice values."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import torch
 
 from ultra_solo.models.solov2.loss import dice_loss, dynamic_masks
 from ultra_solo.models.solov2.network import SOLOv2Model
-from ultra_solo.models.solov2.postprocess import DecodeSettings, decode_image
+from ultra_solo.models.solov2.postprocess import DecodeSettings, detections
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["solov2-n.yaml", "yolo11n-solo.yaml"])
+def model(request):
     torch.manual_seed(0)
-    m = SOLOv2Model("solov2-n.yaml", nc=3, verbose=False)
+    m = SOLOv2Model(request.param, nc=3, verbose=False)
     m.args = {"overlap_mask": False}
     return m
 
@@ -52,6 +52,18 @@ def test_one_instance(model):
     items, grads = head_grads(model, batch(1))
     assert items["cls_loss"] > 0 and items["mask_loss"] > 0
     assert torch.isfinite(torch.stack(list(items.values()))).all()
+    assert all(g is not None for g in grads.values())
+
+
+def test_every_head_parameter_learns_from_instances_of_every_size(model):
+    size = 256
+    b = {"img": torch.rand(1, 3, size, size), "cls": torch.ones(4, 1), "batch_idx": torch.zeros(4)}
+    b["masks"], boxes = torch.zeros(4, size // 4, size // 4), []
+    for k, (top, side) in enumerate([(4, 3), (10, 8), (22, 20), (4, 60)]):  # mask px; 12 to 240 input px
+        b["masks"][k, top : top + side, 2 : 2 + side] = 1
+        boxes.append([(2 + side / 2) * 4 / size, (top + side / 2) * 4 / size, side * 4 / size, side * 4 / size])
+    b["bboxes"] = torch.tensor(boxes)
+    items, grads = head_grads(model, b)
     missing = [n for n, g in grads.items() if g is None or not g.abs().sum() > 0]
     assert not missing, f"no gradient reaches {missing}"
 
@@ -107,10 +119,10 @@ def test_loss_and_decoding_run_in_fp32_under_autocast(model):
         loss, items = model(batch(2))
         model.eval()
         with torch.no_grad():
-            (scores, kernels, feats), _ = model(torch.rand(1, 3, 128, 128))
+            dense, _ = model(torch.rand(1, 3, 128, 128))
         model.train()
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and items["mask_loss"] > 0
-    assert feats.dtype == torch.bfloat16
+    assert dense[2].dtype == torch.bfloat16
     settings = DecodeSettings.from_solo(model.yaml["solo"])
-    probs, conf, cls = decode_image(scores[0], kernels[0], feats[0], settings, conf=0.0, max_det=50)
+    [(probs, conf, cls)] = detections(dense, settings, conf=0.0, max_det=50)
     assert probs.dtype == conf.dtype == torch.float32 and torch.isfinite(conf).all()

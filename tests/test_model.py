@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 import torchvision
+from ultralytics.utils import YAML
 
 from ultra_solo import SOLO
 from ultra_solo.models.solov2 import backbone
@@ -45,9 +46,9 @@ def test_every_scale_builds_with_its_widths():
 def test_forward_shapes():
     model = SOLOv2Model("solov2-n.yaml", nc=3, verbose=False).eval()
     with torch.no_grad():
-        (scores, kernels, feats), (cls_maps, kernel_maps, raw_feats) = model(torch.rand(2, 3, 192, 256))
+        (scores, kernels, feats), raw = model(torch.rand(2, 3, 192, 256))
     assert scores.shape == (2, 3872, 3) and kernels.shape == (2, 3872, 128) and feats.shape == (2, 128, 48, 64)
-    assert [c.shape[-1] for c in cls_maps] == [40, 36, 24, 16, 12]
+    assert [c.shape[-1] for c in raw["cls"]] == [40, 36, 24, 16, 12] and raw["mask_feats"] is feats
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
@@ -103,3 +104,81 @@ def test_bad_weights_file_is_refused(tmp_path):
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), wrong)
     with pytest.raises(ValueError, match="do not match"):
         model.load_pretrained_backbone(wrong)
+
+
+YOLO_SOLO = {"yolo11": "11/yolo11-seg.yaml", "yolo26": "26/yolo26-seg.yaml"}  # family -> Ultralytics' seg YAML
+
+
+@pytest.mark.parametrize("family", YOLO_SOLO)
+def test_yolo_solo_rows_are_ultralytics_seg_rows(family):
+    from ultralytics.cfg import ROOT
+
+    ours, seg = load_model_yaml(f"{family}-solo.yaml"), YAML.load(ROOT / "cfg" / "models" / YOLO_SOLO[family])
+    assert ours["backbone"] == seg["backbone"] and ours["head"][:-1] == seg["head"][:-1]
+    assert {k: [v["depth"], v["width"], v["max_channels"]] for k, v in ours["scales"].items()} == seg["scales"]
+
+
+@pytest.mark.parametrize("family", YOLO_SOLO)
+def test_every_yolo_solo_scale_builds_on_the_seg_trunk(family):
+    from ultralytics.nn.tasks import SegmentationModel
+
+    params = []
+    for scale, values in load_model_yaml(f"{family}-solo.yaml")["scales"].items():
+        model = SOLOv2Model(f"{family}{scale}-solo.yaml", nc=5, verbose=False)
+        seg = SegmentationModel(f"{family}{scale}-seg.yaml", nc=5, verbose=False)
+        head = f"model.{len(seg.model) - 1}."
+        trunk = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(head)}
+        assert trunk == {k: v.shape for k, v in seg.state_dict().items() if not k.startswith(head)}, scale
+        h = model.model[-1]
+        assert h.f == [16, 19, 22] and h.num_grids == [40, 20, 10]
+        branch = h.grid_branches[0]
+        assert len(branch.cls_tower) == values["stacked"] and branch.cls_tower[0].conv.out_channels == values["head"]
+        assert h.mask_branch.out.conv.out_channels == values["kernel"]  # E mask features
+        assert branch.kernel_pred.out_channels == values["kernel"] + 2  # E weights + 2 for the cell-offset channels
+        assert h.mask_branch.fuse.conv.out_channels == values["mask"] and branch.cls_pred.out_channels == 5
+        params.append(sum(p.numel() for p in model.parameters()))
+    assert params == sorted(params)
+
+
+def test_yolo_seg_checkpoint_fills_the_trunk(tmp_path, caplog):
+    from ultralytics.nn.tasks import SegmentationModel
+
+    torch.manual_seed(0)
+    seg = SegmentationModel("yolo11n-seg.yaml", nc=80, verbose=False)
+    file = tmp_path / "yolo11n-seg.pt"
+    torch.save({"model": seg.half(), "train_args": {}}, file)  # Ultralytics stores checkpoints in fp16
+    saved = seg.state_dict()
+    model = SOLO("yolo11n-solo.yaml")
+    with caplog.at_level(logging.INFO, logger="ultralytics"):
+        model.load(str(file))
+    state = model.model.state_dict()
+    trunk = [k for k in state if not k.startswith("model.23.")]
+    assert set(trunk) == {k for k in saved if not k.startswith("model.23.")}
+    assert all(torch.equal(state[k], saved[k].float()) for k in trunk)
+    assert f"{len(trunk)}/{len(trunk)} trunk and 0/" in caplog.text and "trunk and 0/" in model.model.weights_source
+
+
+def test_pretrained_argument_loads_the_trunk_for_training(coco8, tmp_path):
+    from ultralytics.nn.tasks import SegmentationModel
+
+    from .conftest import NO_AUGMENT
+
+    torch.manual_seed(1)
+    file = tmp_path / "yolo11n-seg.pt"
+    torch.save({"model": SegmentationModel("yolo11n-seg.yaml", nc=80, verbose=False).half(), "train_args": {}}, file)
+    saved = torch.load(file, weights_only=False)["model"].state_dict()
+    started = {}
+
+    def record(trainer):  # the model as the trainer built and loaded it, before any step
+        state = trainer.model.state_dict()
+        started["equal"] = all(
+            torch.equal(v, saved[k].float()) for k, v in state.items() if not k.startswith("model.23.")
+        )
+        started["source"] = trainer.model.weights_source
+
+    model = SOLO("yolo11n-solo.yaml")
+    model.add_callback("on_pretrain_routine_end", record)
+    model.train(data=str(coco8), pretrained=str(file), epochs=1, imgsz=64, batch=4, workers=0, val=False,
+                project=str(tmp_path), name="run", **NO_AUGMENT)  # fmt: skip
+    trunk = sum(not k.startswith("model.23.") for k in saved)
+    assert started["equal"] and started["source"].startswith(f"SegmentationModel checkpoint: {trunk}/{trunk} trunk")

@@ -1,4 +1,4 @@
-"""Matrix NMS against a brute-force reference, point NMS, decoding edge cases and mask boxes."""
+"""Matrix NMS and decoding against brute-force references, point NMS, decoding edge cases, class filters, mask boxes."""
 
 from __future__ import annotations
 
@@ -8,14 +8,7 @@ import pytest
 import torch
 
 from ultra_solo.models.solov2.head import point_nms
-from ultra_solo.models.solov2.postprocess import (
-    DecodeSettings,
-    decode_image,
-    decode_static,
-    detections,
-    mask_boxes,
-    matrix_nms,
-)
+from ultra_solo.models.solov2.postprocess import DecodeSettings, decode, detections, mask_boxes, matrix_nms
 
 SETTINGS = DecodeSettings(num_grids=(4, 2), strides=(8, 16))  # R = 16 + 4 cells
 
@@ -83,33 +76,33 @@ def test_point_nms_keeps_local_maxima():
 
 def one_object_outputs():
     """Dense outputs of a 20-cell model where cell 5 sees a 6x6 square of class 2 on an 8x8 mask-feature map."""
-    scores = torch.zeros(20, 3)
-    scores[5, 2] = 0.9
-    kernels = torch.zeros(20, 1)
-    kernels[5] = 1.0
-    feats = torch.full((1, 8, 8), -10.0)
-    feats[0, 1:7, 2:8] = 10.0
+    scores = torch.zeros(1, 20, 3)
+    scores[0, 5, 2] = 0.9
+    kernels = torch.zeros(1, 20, 1)
+    kernels[0, 5] = 1.0
+    feats = torch.full((1, 1, 8, 8), -10.0)
+    feats[0, 0, 1:7, 2:8] = 10.0
     return scores, kernels, feats
 
 
 def test_decode_one_object():
-    probs, conf, cls = decode_image(*one_object_outputs(), SETTINGS, conf=0.1, max_det=10)
+    [(probs, conf, cls)] = detections(one_object_outputs(), SETTINGS, conf=0.1, max_det=10)
     assert cls.tolist() == [2]
     assert conf[0] == pytest.approx(0.9, abs=1e-3)  # maskness ~1, no other mask to decay it
-    assert ((probs[0] > 0.5) == (one_object_outputs()[2][0] > 0)).all()
+    assert ((probs[0] > 0.5) == (one_object_outputs()[2][0, 0] > 0)).all()
 
 
 @pytest.mark.parametrize("conf, max_det", [(1.0, 10), (0.1, 0), (0.95, 10)])
 def test_decode_edge_values_give_empty_results(conf, max_det):
-    probs, scores, cls = decode_image(*one_object_outputs(), SETTINGS, conf=conf, max_det=max_det)
+    [(probs, scores, cls)] = detections(one_object_outputs(), SETTINGS, conf=conf, max_det=max_det)
     assert probs.shape == (0, 8, 8) and scores.shape == (0,) and cls.shape == (0,)
 
 
 def test_decode_drops_masks_not_larger_than_stride():
     scores, kernels, feats = one_object_outputs()
     feats[0] = -10.0
-    feats[0, 0, :8] = 10.0  # 8 pixels: not larger than level 0's stride 8
-    probs, conf, _ = decode_image(scores, kernels, feats, SETTINGS, conf=0.1, max_det=10)
+    feats[0, 0, 0, :8] = 10.0  # 8 pixels: not larger than level 0's stride 8
+    [(probs, conf, _)] = detections((scores, kernels, feats), SETTINGS, conf=0.1, max_det=10)
     assert len(conf) == 0
 
 
@@ -129,23 +122,99 @@ def random_dense_outputs(batch: int, gen: torch.Generator):
     return scores, kernels, feats
 
 
+def brute_force_decode(scores, kernels, feats, settings, conf, max_det, agnostic=False):
+    """The SOLOv2 decoding of one image written out candidate by candidate (MMDetection's order of steps).
+
+    With `settings.offsets` the last two kernel weights (a, b) of cell c add a * |x - cx| * S + b * |y - cy| * S at
+    each mask pixel, computed here pixel by pixel from the cell's row, column and grid size.
+    """
+    strides, e, (h, w) = settings.cell_strides(), feats.shape[0], feats.shape[1:]
+    found = []
+    for cell, cls in (scores > conf).nonzero().tolist():
+        logits = torch.einsum("e,ehw->hw", kernels[cell, :e], feats)
+        if settings.offsets:
+            level = next(
+                i for i, s in enumerate(settings.num_grids) if cell < sum(g * g for g in settings.num_grids[: i + 1])
+            )
+            s = settings.num_grids[level]
+            local = cell - sum(g * g for g in settings.num_grids[:level])
+            cy, cx = (local // s + 0.5) / s, (local % s + 0.5) / s
+            for i in range(h):
+                for j in range(w):
+                    dx, dy = abs((j + 0.5) / w - cx) * s, abs((i + 0.5) / h - cy) * s
+                    logits[i, j] += kernels[cell, e] * dx + kernels[cell, e + 1] * dy
+        probs = logits.sigmoid()
+        mask = probs > settings.mask_thr
+        if mask.sum() > strides[cell]:
+            found.append((float(scores[cell, cls] * probs[mask].mean()), cls, probs, mask))
+    found = sorted(found, key=lambda f: -f[0])[: settings.nms_pre]
+    if not found:
+        return []
+    labels = [0 if agnostic else f[1] for f in found]
+    decay = brute_force_decay(torch.stack([f[3].flatten() for f in found]), labels, settings.kernel, settings.sigma)
+    kept = sorted(((s * float(d), c, p) for (s, c, p, _), d in zip(found, decay)), key=lambda f: -f[0])
+    return [f for f in kept if f[0] >= conf][:max_det]
+
+
+@pytest.mark.parametrize("agnostic, offsets", [(False, False), (True, False), (False, True)])
+def test_decode_matches_brute_force(agnostic, offsets):
+    settings = DecodeSettings(num_grids=(4, 2), strides=(8, 16), nms_pre=60, offsets=offsets)
+    scores, kernels, feats = random_dense_outputs(3, torch.Generator().manual_seed(3))
+    if offsets:  # two more kernel weights, mostly negative: masks fade with the distance from their cell
+        kernels = torch.cat(
+            (kernels, -torch.rand(*kernels.shape[:2], 2, generator=torch.Generator().manual_seed(4))), 2
+        )
+    dense = scores, kernels, feats
+    found = 0
+    for image, (probs, conf, cls) in zip(zip(*dense), detections(dense, settings, 0.1, 30, agnostic=agnostic)):
+        expected = brute_force_decode(*image, settings, 0.1, 30, agnostic)
+        found += len(expected)
+        assert torch.allclose(conf, torch.tensor([e[0] for e in expected]), atol=1e-5)
+        assert cls.tolist() == [e[1] for e in expected]
+        assert all(torch.allclose(p, e[2], atol=1e-6) for p, e in zip(probs, expected))
+    assert found > 8
+
+
 @pytest.mark.parametrize("nms_pre, max_det", [(60, 100), (30, 100), (60, 5)])
-def test_static_decode_matches_decode_image(nms_pre, max_det):
-    """The end2end graph's fixed-size decode gives `decode_image`'s detections, padded with zero scores."""
+def test_graph_decode_matches_python_path(nms_pre, max_det):
+    """The end2end graph's decode (K = nms_pre for every image) gives the Python path's detections (K = candidates
+    above conf), padded with zero scores; decoded at conf 0.1 and then filtered at 0.3, the detections of conf 0.3."""
     settings = DecodeSettings(num_grids=(4, 2), strides=(8, 16), nms_pre=nms_pre)
     dense = random_dense_outputs(4, torch.Generator().manual_seed(2))
-    static = decode_static(*dense, settings, conf=0.1, max_det=max_det)
-    assert static[0].shape == static[1].shape == (4, min(max_det, nms_pre)) and static[2].shape[2:] == (16, 16)
+    graph = decode(*dense, settings, conf=0.1, max_det=max_det)
+    assert graph[0].shape == graph[1].shape == (4, min(max_det, nms_pre)) and graph[2].shape[2:] == (16, 16)
     found = 0
-    for i, (s, k, f) in enumerate(zip(*dense)):
-        probs, conf, cls = decode_image(s, k, f, settings, conf=0.1, max_det=max_det)
+    for i, (probs, conf, cls) in enumerate(detections(dense, settings, conf=0.1, max_det=max_det)):
         n = len(conf)
         found += n
-        assert int((static[0][i] > 0).sum()) == n
-        assert torch.allclose(static[0][i, :n], conf, atol=1e-6) and torch.equal(static[1][i, :n], cls)
-        assert torch.allclose(static[2][i, :n], probs, atol=1e-6)
+        assert int((graph[0][i] > 0).sum()) == n
+        assert torch.allclose(graph[0][i, :n], conf, atol=1e-6) and torch.equal(graph[1][i, :n], cls)
+        assert torch.allclose(graph[2][i, :n], probs, atol=1e-6)
     assert found > 8
-    # decoded with conf 0.1, then filtered at conf 0.3: exactly the detections of decoding with conf 0.3
     end2end = DecodeSettings(num_grids=(4, 2), strides=(8, 16), nms_pre=nms_pre, end2end=True)
-    for (p1, c1, k1), (p2, c2, k2) in zip(detections(static, end2end, 0.3, 3), detections(dense, settings, 0.3, 3)):
+    for (p1, c1, k1), (p2, c2, k2) in zip(detections(graph, end2end, 0.3, 3), detections(dense, settings, 0.3, 3)):
         assert torch.equal(k1, k2) and torch.allclose(c1, c2, atol=1e-6) and torch.allclose(p1, p2, atol=1e-6)
+
+
+def two_classes_one_mask():
+    """Cells 0 and 1 predict the same mask, as class 0 (0.9) and class 1 (0.8); cell 2 predicts class 2 elsewhere."""
+    scores = torch.zeros(1, 20, 3)
+    scores[0, 0, 0], scores[0, 1, 1], scores[0, 2, 2] = 0.9, 0.8, 0.7
+    kernels = torch.zeros(1, 20, 2)
+    kernels[0, :2, 0] = 1.0
+    kernels[0, 2, 1] = 1.0
+    feats = torch.full((1, 2, 8, 8), -10.0)
+    feats[0, 0, :4] = 10.0  # top half
+    feats[0, 1, 4:] = 10.0  # bottom half
+    return scores, kernels, feats
+
+
+def test_class_filter_and_agnostic_nms():
+    [(_, conf, cls)] = detections(two_classes_one_mask(), SETTINGS, conf=0.1, max_det=10)
+    assert cls.tolist() == [0, 1, 2]  # per-class Matrix NMS: a class does not suppress another
+    [(_, conf, cls)] = detections(two_classes_one_mask(), SETTINGS, conf=0.1, max_det=10, agnostic=True)
+    assert cls.tolist() == [0, 2, 1] and conf[2] < 0.15  # class 1 duplicates class 0: decayed by exp(-2)
+    [(_, conf, cls)] = detections(two_classes_one_mask(), SETTINGS, conf=0.1, max_det=10, classes=[1, 2])
+    assert cls.tolist() == [1, 2]  # filtered before Matrix NMS, as YOLO's NMS filters classes
+    [(_, conf, cls)] = detections(two_classes_one_mask(), SETTINGS, conf=0.1, max_det=10, min_score=0.75)
+    assert cls.tolist() == [0, 1]

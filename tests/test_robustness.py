@@ -89,7 +89,7 @@ def bad_run(coco8, tmp_path_factory):
     handler.emit = records.append
     logging.getLogger("ultralytics").addHandler(handler)
     try:
-        model = SOLO("solov2-n.yaml")
+        model = SOLO("yolo11n-solo.yaml")
         metrics = model.train(data=str(yaml), project=str(root), name="run", **TINY)
     finally:
         logging.getLogger("ultralytics").removeHandler(handler)
@@ -124,7 +124,7 @@ def test_polygon_with_two_points_is_named(coco8, tmp_path):
         tmp_path / "data", coco8, {"two_points.jpg": (lambda f: write_image(f, (80, 100, 3)), "0 0.2 0.2 0.6 0.6\n")}
     )
     with pytest.raises(DatasetError, match=r"two_points.txt:1"):
-        SOLO("solov2-n.yaml").train(data=str(yaml), project=str(tmp_path), name="run", **TINY)
+        SOLO("yolo11n-solo.yaml").train(data=str(yaml), project=str(tmp_path), name="run", **TINY)
     cli = Path(sys.executable).parent / "ultra-solo"
     out = subprocess.run([str(cli), "train", f"data={yaml}", f"project={tmp_path}", "epochs=1", "imgsz=64"],
                          capture_output=True, text=True)  # fmt: skip
@@ -134,7 +134,7 @@ def test_polygon_with_two_points_is_named(coco8, tmp_path):
 @pytest.mark.parametrize("shape", [(60, 1000, 3), (1000, 60, 3)])
 def test_extreme_aspect_ratio(coco8, tmp_path, shape):
     yaml = dataset(tmp_path / "data", coco8, {"strip.jpg": (lambda f: write_image(f, shape), SQUARE)})
-    model = SOLO("solov2-n.yaml")
+    model = SOLO("yolo11n-solo.yaml")
     model.train(data=str(yaml), project=str(tmp_path), name="run", **{**TINY, "imgsz": 128})
     assert "strip.jpg" in {Path(f).name for f in model.trainer.train_loader.dataset.im_files}
     results = model.predict(tmp_path / "data" / "images" / "strip.jpg", imgsz=128, conf=0.0)
@@ -169,7 +169,7 @@ def test_missing_data_file_stops_with_one_line(tmp_path):
 def trained(coco8, tmp_path_factory) -> Path:
     """best.pt of a 1-epoch run on coco8-seg."""
     project = tmp_path_factory.mktemp("trained")
-    SOLO("solov2-n.yaml").train(data=str(coco8), project=str(project), name="run", **TINY)
+    SOLO("yolo11n-solo.yaml").train(data=str(coco8), project=str(project), name="run", **TINY)
     return project / "run" / "weights" / "best.pt"
 
 
@@ -183,11 +183,11 @@ def test_a_model_that_predicts_nothing(trained, coco8, tmp_path):
 
 def test_max_det_edges(overfit, coco8):
     model, images = SOLO(overfit[0].trainer.best), coco8.parent / "images" / "train"
-    assert sum(len(r.boxes) for r in model.predict(images, imgsz=256)) > 4
-    results = model.predict(images, imgsz=256, max_det=1)
+    assert sum(len(r.boxes) for r in model.predict(images, imgsz=160)) > 4
+    results = model.predict(images, imgsz=160, max_det=1)
     assert all(len(r.boxes) == 1 and len(r.masks) == 1 for r in results)
     with pytest.raises(ValueError, match="'max_det' must be >= 1"):  # Ultralytics' own argument check
-        model.predict(images, imgsz=256, max_det=0)
+        model.predict(images, imgsz=160, max_det=0)
 
 
 def test_a_non_finite_loss_is_skipped_and_counted(coco8, tmp_path, monkeypatch, caplog):
@@ -200,7 +200,7 @@ def test_a_non_finite_loss_is_skipped_and_counted(coco8, tmp_path, monkeypatch, 
         return (loss * float("nan"), items) if len(calls) == 2 else (loss, items)
 
     monkeypatch.setattr(SOLOv2Loss, "__call__", nan_on_second_batch)
-    model = SOLO("solov2-n.yaml")
+    model = SOLO("yolo11n-solo.yaml")
     with caplog.at_level(logging.WARNING, logger="ultralytics"):
         model.train(
             data=str(coco8), project=str(tmp_path), name="run", **{**TINY, "epochs": 2, "batch": 2, "val": False}
@@ -223,7 +223,7 @@ def hold(trainer):
     if trainer.epoch == 1:
         Path({str(marker)!r}).touch()
         time.sleep(600)
-model = SOLO("solov2-n.yaml")
+model = SOLO("yolo11n-solo.yaml")
 model.add_callback("on_train_batch_start", hold)
 model.train(data={str(coco8)!r}, epochs=3, imgsz=64, batch=4, workers=0, seed=0, plots=False,
             project={str(tmp_path)!r}, name="run", **NO_AUGMENT)
@@ -256,7 +256,7 @@ def test_truncated_checkpoint_is_refused_clearly(trained, tmp_path):
 def test_same_seed_same_run(coco8, tmp_path):
     rows = []
     for name in ("a", "b"):
-        SOLO("solov2-n.yaml").train(
+        SOLO("yolo11n-solo.yaml").train(
             data=str(coco8), project=str(tmp_path), name=name, deterministic=True, **{**TINY, "epochs": 2}
         )
         lines = (tmp_path / name / "results.csv").read_text().splitlines()
@@ -279,7 +279,7 @@ def test_ddp_script_imports_and_builds_our_trainer(coco8, tmp_path):
 
     from ultra_solo.models.solov2.train import SOLOTrainer
 
-    trainer = SOLOTrainer(overrides=dict(model="solov2-n.yaml", data=str(coco8), project=str(tmp_path), **TINY))
+    trainer = SOLOTrainer(overrides=dict(model="yolo11n-solo.yaml", data=str(coco8), project=str(tmp_path), **TINY))
     script = Path(generate_ddp_file(trainer))
     try:
         code = script.read_text()

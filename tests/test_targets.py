@@ -8,7 +8,7 @@ from ultra_solo.models.solov2.targets import assign_targets
 from ultra_solo.utils.masks import instance_masks
 
 GRIDS = [40, 36, 24, 16, 12]
-RANGES = [[1, 96], [48, 192], [96, 384], [192, 768], [384, 2048]]
+RANGES = [[0.0, 0.375], [0.1875, 0.75], [0.375, 1.5], [0.75, 3.0], [1.5, 8.0]]  # fractions of the 256 px input side
 OFFSETS = [0, 1600, 2896, 3472, 3728, 3872]  # first cell of each level in the (B, R) layout
 
 
@@ -32,7 +32,7 @@ def assign(masks, boxes, batch_idx, batch_size=1, pos_scale=0.2, img=(256, 256))
 
 def test_hand_computed_cells():
     # A 64x64 px square at input pixels [96, 160) of a 256x256 image; masks at stride 4 -> mask pixels [24, 40).
-    # Centre of mass 128 px; sqrt(w*h) = 64 -> levels 0 (1-96) and 1 (48-192), not 2 (96-384).
+    # Centre of mass 128 px; sqrt(w*h) = 64 px = 0.25 of the side -> levels 0 (0-0.375) and 1 (0.1875-0.75), not 2.
     # Level 0, S=40: centre cell floor(128 * 40/256) = 20; half size 0.2 * 32 = 6.4 px spans
     #   floor(121.6 * 40/256) = 19 .. floor(134.4 * 40/256) = 21 -> rows and cols 19..21 (3 x 3).
     # Level 1, S=36: centre cell floor(128 * 36/256) = 18; span floor(17.1) = 17 .. floor(18.9) = 18 -> 2 x 2.
@@ -59,7 +59,7 @@ def test_pos_scale_and_centre_of_mass():
     # centre of mass: x = (384 * 12 + 320 * 36) / 704 = 22.9 mask px = 91.6 input px -> level 0 col floor(14.3) = 14
     # y = (384 * 32 + 320 * 52) / 704 = 41.1 mask px = 164.4 px -> row floor(25.7) = 25
     # (the box centre would be 128 px -> cell 20)
-    boxes = torch.tensor([[32.0, 32.0, 224.0, 224.0]])  # sqrt area 192 -> levels 1 and 2
+    boxes = torch.tensor([[32.0, 32.0, 224.0, 224.0]])  # sqrt area 192 px = 0.75 of the side -> levels 1 and 2
     assigned = assign(m[None], boxes, torch.zeros(1), pos_scale=0.0)
     assert cells(assigned, 1, 0) == {(23, 12)}  # S=36: row floor(164.4 * 36/256) = 23, col floor(91.6 * 36/256) = 12
     assert cells(assigned, 2, 0) == {(15, 8)}  # S=24: row floor(15.4), col floor(8.6)

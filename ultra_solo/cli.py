@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from ultra_solo import __version__
 
-MODES = ("train", "val", "predict", "export", "compare")
+MODES = ("train", "val", "predict", "track", "export", "compare")
 COMPARE_KEYS = {"models", "cocoeval", "latency_images"}  # compare's own keys, beside any training argument
 HELP = f"""ultra-solo {__version__}: SOLOv2 instance segmentation on Ultralytics
 
@@ -22,10 +22,12 @@ Examples:
     ultra-solo segment train model=solov2-n.yaml data=data.yaml epochs=100 imgsz=640
     ultra-solo segment val model=runs/segment/train/weights/best.pt data=data.yaml
     ultra-solo segment predict model=runs/segment/train/weights/best.pt source=images/
+    ultra-solo segment track model=runs/segment/train/weights/best.pt source=video.mp4
     ultra-solo export model=runs/segment/train/weights/best.pt format=onnx
     ultra-solo compare data=data.yaml models=yolo11n-seg.yaml,solov2-n.yaml epochs=50 imgsz=640 batch=16
 
-Models: solov2-n.yaml, solov2-s.yaml, solov2-m.yaml, solov2-l.yaml (ResNet-18/34/50/101), or a trained .pt
+Models: yolo11n-solo.yaml ... yolo11x-solo.yaml, yolo26n-solo.yaml ... (SOLO heads on YOLO trunks),
+    solov2-n.yaml ... solov2-l.yaml (ResNet-18/34/50/101 + FPN), or a trained .pt
 Other commands: ultra-solo help | ultra-solo version
 """
 
@@ -87,6 +89,8 @@ def check_data(data: str) -> None:
         check_det_dataset(data)
     except (FileNotFoundError, SyntaxError, KeyError, AssertionError, ValueError) as e:
         raise UsageError(f"data={data}: {' '.join(str(e).split())}") from None
+    except ConnectionError:  # a dataset name Ultralytics knows, not on disk: it tried to download it
+        raise UsageError(f"data={data}: not found on disk and could not be downloaded (offline?)") from None
 
 
 def run(mode: str, overrides: dict) -> None:
@@ -101,15 +105,15 @@ def run(mode: str, overrides: dict) -> None:
         check_data(overrides["data"])
         compare(**overrides)
         return
-    model = overrides.pop("model", "solov2-n.yaml" if mode == "train" else None)
+    model = overrides.pop("model", "yolo11n-solo.yaml" if mode == "train" else None)
     if model is None:
         raise UsageError(f"'{mode}' needs a model, e.g. model=runs/segment/train/weights/best.pt")
     if mode in {"train", "val"} and overrides.get("data"):
         check_data(overrides["data"])
     solo = SOLO(model)
-    if mode == "predict":
-        overrides.setdefault("save", True)  # as `yolo predict` does
-        for _ in solo.predict(stream=True, **overrides):  # stream: results are saved, not kept in memory
+    if mode in {"predict", "track"}:
+        overrides.setdefault("save", True)  # as `yolo predict` and `yolo track` do
+        for _ in getattr(solo, mode)(stream=True, **overrides):  # stream: results are saved, not kept in memory
             pass
     elif mode == "export":
         solo.export(**{"format": "torchscript", **overrides})

@@ -1,18 +1,32 @@
-"""pycocotools `segm` evaluation of the validator's own predictions, with ground truth built from the YOLO labels."""
+"""COCO evaluation of the validator's own predictions: mask AP (overall and by object size) and Boundary AP.
+
+One library, faster-coco-eval (what Ultralytics itself uses for COCO evaluation), scores both from the same
+`predictions.json` and the same ground truth, built here from the YOLO labels: `segm` gives COCO mask AP and AP by
+object size, `boundary` gives Boundary AP (Cheng et al., "Boundary IoU", CVPR 2021: the IoU of each detection is the
+smaller of its mask IoU and the IoU of the two masks' boundary bands, 2% of the image diagonal wide).
+"""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from faster_coco_eval import COCO, COCOeval_faster
+from faster_coco_eval.core import mask as mask_utils
 from ultralytics.data import YOLODataset
 from ultralytics.utils import ops
+
+METRICS = {  # summary column -> (iouType, index in COCOeval's stats)
+    "coco_mask_mAP50-95": ("segm", 0),
+    "coco_mask_mAP50": ("segm", 1),
+    "mask_mAP_small": ("segm", 3),
+    "mask_mAP_medium": ("segm", 4),
+    "mask_mAP_large": ("segm", 5),
+    "boundary_mAP50-95": ("boundary", 0),
+    "boundary_mAP50": ("boundary", 1),
+}
 
 
 def with_coco_predictions(validator_cls: type) -> type:
@@ -20,7 +34,7 @@ def with_coco_predictions(validator_cls: type) -> type:
 
     It scores masks at native resolution (as `save_json` does) and lets Ultralytics write the COCO-format predictions
     (RLE masks in original-image pixels); the faster-coco-eval check `save_json` triggers at start-up is skipped, as
-    pycocotools evaluates them here.
+    `coco_metrics` evaluates them here.
     """
 
     class COCOPredictions(validator_cls):
@@ -60,23 +74,27 @@ def ground_truth(dataset: YOLODataset, names: dict[int, str]) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def segm_ap(gt: dict, predictions: list[dict]) -> dict[str, float]:
-    """pycocotools `segm` AP (IoU 0.50:0.95) and AP50 of predictions, matched to `gt` images by file name."""
+def coco_metrics(gt: dict, predictions: list[dict]) -> dict[str, float | None]:
+    """`METRICS` of predictions (COCO results with RLE masks), matched to `gt` images by file name.
+
+    A size class without ground-truth objects gets None (COCO's -1), not an AP.
+    """
     ids = {im["file_name"]: im["id"] for im in gt["images"]}
     dets = [{**p, "image_id": ids[p["file_name"]]} for p in predictions if p["file_name"] in ids]
     if not dets:
-        return {"AP": 0.0, "AP50": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary
-        coco = COCO()
-        coco.dataset = gt
-        coco.createIndex()
-        evaluator = COCOeval(coco, coco.loadRes(dets), "segm")
+        return dict.fromkeys(METRICS, 0.0)
+    coco = COCO(gt)
+    stats, log = {}, logging.getLogger(__name__).debug  # faster-coco-eval prints its summary through print_function
+    for iou_type in ("segm", "boundary"):
+        evaluator = COCOeval_faster(coco, coco.loadRes(dets), iou_type, print_function=log)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {"AP": float(evaluator.stats[0]), "AP50": float(evaluator.stats[1])}
+        stats[iou_type] = evaluator.stats
+    values = {k: float(stats[t][i]) for k, (t, i) in METRICS.items()}
+    return {k: v if v >= 0 else None for k, v in values.items()}  # COCO's -1: no ground truth of that size
 
 
-def segm_ap_from_file(gt: dict, file: Path) -> dict[str, float]:
-    """`segm_ap` of a validator's `predictions.json` (missing file: no predictions)."""
-    return segm_ap(gt, json.loads(file.read_text()) if file.is_file() else [])
+def coco_metrics_from_file(gt: dict, file: Path) -> dict[str, float | None]:
+    """`coco_metrics` of a validator's `predictions.json` (missing file: no predictions)."""
+    return coco_metrics(gt, json.loads(file.read_text()) if file.is_file() else [])

@@ -18,12 +18,14 @@ from ultralytics.data.utils import check_det_dataset
 from ultralytics.nn.backends.base import BaseBackend
 from ultralytics.utils import LOGGER, RUNS_DIR, YAML
 from ultralytics.utils.patches import torch_load
+from ultralytics.utils.torch_utils import unwrap_model
 
 from ultra_solo.models.solov2.cfg import find_model_yaml
 from ultra_solo.models.solov2.model import SOLO
 
 from .args import check_same_args
-from .cocoeval import ground_truth, segm_ap_from_file, with_coco_predictions
+from .cocoeval import coco_metrics_from_file, ground_truth, with_coco_predictions
+from .pictures import write_predictions
 from .report import plot_curves, write_report, write_summary
 from .speed import TrainSpeed, inference_latency
 
@@ -74,14 +76,40 @@ class Run:
         return scratch / self.name / "args.yaml"
 
     def train(self, train_args: dict) -> None:
-        """Train, resume or skip; training-loop speed is recorded in `speed.json`."""
+        """Train, resume or skip; record training speed in `speed.json` and the starting weights in `weights.txt`."""
         if self.finished():
             LOGGER.info(f"compare: {self.spec} already trained in {self.dir}, not retraining")
             return
         resume = self.last.is_file()
         model = self.cls(self.last if resume else self.spec)
         TrainSpeed(self.dir / "speed.json").attach(model)
+        if not resume:
+            model.add_callback("on_pretrain_routine_end", self.record_start)
         model.train(resume=True) if resume else model.train(**self.train_kwargs(train_args))
+
+    def record_start(self, trainer) -> None:
+        """Callback once the trainer built and loaded its model: write what the run starts from to `weights.txt`."""
+        (self.dir / "weights.txt").write_text(started_from(trainer))
+
+    def weights(self) -> str:
+        """What the run started from (see `started_from`), as its trainer recorded it."""
+        file = self.dir / "weights.txt"
+        return file.read_text() if file.is_file() else "unknown (run trained before ultra-solo recorded it)"
+
+
+def started_from(trainer) -> str:
+    """What a trainer's model starts from, as loaded: scratch, ImageNet backbone weights or a checkpoint.
+
+    SOLO models record what their loaders actually transferred (`SOLOv2Model.weights_source`: a missing ImageNet file
+    means scratch); for YOLO models Ultralytics loads a `.pt` model or a `pretrained=` checkpoint, and nothing else.
+    """
+    args = trainer.args
+    model = str(args.model) if str(args.model).endswith(".pt") else None
+    checkpoint = model or (str(args.pretrained) if isinstance(args.pretrained, (str, Path)) else None)
+    source = getattr(unwrap_model(trainer.model), "weights_source", None)
+    if source is not None:
+        return f"{source} ({checkpoint})" if checkpoint and source != "scratch" else source
+    return f"checkpoint {checkpoint}" if checkpoint else "scratch"
 
 
 def evaluate(run: Run, val_args: dict, gt: dict | None, images: list[Path]) -> dict:
@@ -89,9 +117,9 @@ def evaluate(run: Run, val_args: dict, gt: dict | None, images: list[Path]) -> d
     model = run.cls(run.best)
     validator = model._smart_load("validator")
     metrics = model.val(validator=with_coco_predictions(validator) if gt else validator, name=run.name, **val_args)
-    row = {"model": run.spec, **metrics.results_dict}
+    row = {"model": run.spec, "weights": run.weights(), **metrics.results_dict}
     if gt:
-        row |= {f"coco/segm_{k}": v for k, v in segm_ap_from_file(gt, metrics.save_dir / "predictions.json").items()}
+        row |= coco_metrics_from_file(gt, metrics.save_dir / "predictions.json")
     _, params, _, flops = model.info(imgsz=val_args["imgsz"])
     latency = inference_latency(model, images, val_args["imgsz"], device=val_args.get("device"))
     results = (run.dir / "results.csv").read_text().splitlines()
@@ -120,8 +148,9 @@ def compare(
     models: str | list[str],
     name: str = "exp",
     project: str | Path | None = None,
-    cocoeval: bool = False,
+    cocoeval: bool = True,
     latency_images: int = 16,
+    picture_images: int = 4,
     **train_args,
 ) -> Path:
     """Train and compare models under identical settings; returns the folder with report.md and summary.csv.
@@ -132,8 +161,10 @@ def compare(
             'yolo11n-seg.yaml,solov2-n.yaml'.
         name (str): Comparison name: outputs go to `project/name`.
         project (str | Path, optional): Parent folder, default `runs/compare`.
-        cocoeval (bool): Also score masks with pycocotools `segm` COCOeval (GT built from the YOLO labels).
+        cocoeval (bool): Also score the validator's predictions with faster-coco-eval: COCO mask AP, AP by object size
+            and Boundary AP (ground truth built from the YOLO labels).
         latency_images (int): Validation images used for the latency measurement.
+        picture_images (int): Validation images shown in predictions.jpg (0: no picture).
         **train_args: Ultralytics training arguments shared by every model (epochs, imgsz, batch, seed, ...).
 
     Returns:
@@ -160,6 +191,11 @@ def compare(
 
     write_summary(folder / "summary.csv", rows)
     plot_curves(folder / "curves.png", {run.name: run.dir / "results.csv" for run in runs})
+    if picture_images:
+        shown = sorted(val_set.labels, key=lambda label: label["im_file"])[:picture_images]
+        models = {run.name: run.cls(run.best) for run in runs}
+        predict = {"imgsz": val_args["imgsz"], "device": val_args.get("device")}
+        write_predictions(folder / "predictions.jpg", models, shown, data_dict["names"], **predict)
     notes = {
         "keys compare sets": f"{SHARED_DEFAULTS} unless given (SOLO's trainer would default overlap_mask to False)",
         "keys a family must set differently to work": "none",
@@ -167,7 +203,14 @@ def compare(
         f" {len(images)} val images x 3 passes after a warm-up, predict defaults (conf 0.25)",
         "train img/s": "training-loop images per second (no validation, no checkpointing), from this run's epochs",
         "training h": "wall time of the run from results.csv, including per-epoch validation",
+        "weights": "what each model started from, as its trainer loaded it",
     }
+    if gt:
+        notes["COCO columns"] = (
+            "faster-coco-eval on the validator's own predictions (native-resolution masks, conf down to the validator's"
+            " conf): COCO mask AP, mask AP of small / medium / large objects (< 32^2, 32^2-96^2, > 96^2 px in the"
+            " original image; '-': no such objects), Boundary AP (Boundary IoU, dilation 2% of the image diagonal)"
+        )
     write_report(folder / "report.md", rows, shared, val_args, notes)
     LOGGER.info(f"compare: report written to {folder / 'report.md'}")
     return folder

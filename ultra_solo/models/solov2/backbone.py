@@ -84,5 +84,6 @@ def load_imagenet_weights(model: nn.Module, pretrained: bool | str | Path = True
                 )
             continue
         loaded += copy_in_order(row, read_state_dict(file), file)
+        model.weights_source = f"ImageNet {name} backbone ({file})"
         LOGGER.info(f"Loaded ImageNet weights for {name} from {file}")
     return loaded

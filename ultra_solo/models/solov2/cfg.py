@@ -1,7 +1,8 @@
 """Model YAML lookup and scale resolution for SOLO models.
 
-Ultralytics' `yaml_model_load` only searches its own package and recognises scales only in `yolo...` names, so SOLO
-resolves its names itself: `solov2-n.yaml` is the family file `solov2.yaml` at scale `n`.
+Ultralytics' `yaml_model_load` only searches its own package, so SOLO resolves its names itself, with both naming
+styles: `solov2-n.yaml` is the family file `solov2.yaml` at scale `n`, and `yolo11n-solo.yaml`, like Ultralytics'
+`yolo11n-seg.yaml`, is `yolo11-solo.yaml` at scale `n`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from pathlib import Path
 
 from ultralytics.utils import YAML
 
-_SCALED_NAME = re.compile(r"(?P<family>.+)-(?P<scale>[a-z])")  # solov2-n -> (solov2, n)
+_SCALED_NAMES = (
+    re.compile(r"(?P<base>yolo\w*?\d+)(?P<scale>[nslmx])(?P<task>-\w+)"),  # yolo11n-solo -> (yolo11-solo, n)
+    re.compile(r"(?P<base>.+)-(?P<scale>[a-z])(?P<task>)"),  # solov2-n -> (solov2, n)
+)
 
 
 _PACKAGE = Path(__file__).resolve().parents[2]  # .../ultra_solo
@@ -37,10 +41,10 @@ def find_model_yaml(cfg: str | Path) -> tuple[Path, str]:
         FileNotFoundError: When neither the path nor a shipped file of that name exists.
     """
     path = Path(cfg)
-    match = _SCALED_NAME.fullmatch(path.stem)
+    match = next((m for m in (r.fullmatch(path.stem) for r in _SCALED_NAMES) if m), None)
     candidates = [path, model_yaml_dir() / path.name]
     if match:
-        family = f"{match['family']}{path.suffix}"
+        family = f"{match['base']}{match['task']}{path.suffix}"
         candidates += [path.with_name(family), model_yaml_dir() / family]
     for candidate in candidates:
         if candidate.is_file():

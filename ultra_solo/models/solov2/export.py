@@ -38,10 +38,19 @@ def check_export(fmt: str) -> None:
     require(EXTRA_PACKAGES.get(fmt, ()), f"format='{fmt}' export")
 
 
-def add_solo_metadata(exporter) -> None:
-    """`on_export_start` callback: store the model's `solo` constants (and end2end conf, max_det) in the metadata."""
-    solo, end2end = exporter.model.yaml["solo"], exporter.model.model[-1].end2end
-    exporter.metadata["solo"] = {**solo, "end2end": {"conf": end2end[1], "max_det": end2end[2]}} if end2end else solo
+def prepare_export(exporter, spec) -> None:
+    """`on_export_start` callback: set the head's export outputs on the exporter's copy of the model, and store the
+    model's `solo` constants (with the end2end conf, max_det and agnostic of an end2end `spec`) in the metadata.
+
+    Args:
+        exporter: Ultralytics' `Exporter`, after its dry run and before it traces `exporter.model`.
+        spec (ExportSpec): What the exported graph returns.
+    """
+    exporter.model.model[-1].export = spec
+    solo = exporter.model.yaml["solo"]
+    if spec.decode is not None:
+        solo = {**solo, "end2end": {"conf": spec.conf, "max_det": spec.max_det, "agnostic": spec.agnostic}}
+    exporter.metadata["solo"] = solo
 
 
 def metadata_solo(metadata: dict) -> dict | None:

@@ -1,4 +1,13 @@
-"""SOLOv2 head: FPN P2-P6, unified mask-feature branch and the category / dynamic-kernel instance branch.
+"""SOLO heads: what every SOLO head shares (outputs per mode, CoordConv, point NMS) and the SOLOv2 head on FPN P2-P6.
+
+Outputs of every SOLO head, by mode (the contract the loss, the postprocess and the exporter rely on):
+    training: the raw outputs, a dict `{"cls": [(B, nc, S, S)] per level, "kernels": [(B, E, S, S)] per level,
+        "mask_feats": (B, E, H/4, W/4)}`;
+    eval: `(dense, raw)`, dense = (scores (B, R, nc) after sigmoid and 2x2 point NMS, kernels (B, R, E), mask features
+        (B, E, H/4, W/4));
+    export (`head.export` set to an `ExportSpec` on the exporter's copy of the model): three plain tensors, the dense
+        outputs, or for an end2end spec the decoded scores (B, D), classes (B, D) and mask probabilities
+        (B, D, H/4, W/4).
 
 Shape shorthand in this module:
     B: images in the batch
@@ -13,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +30,28 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from .postprocess import DecodeSettings, decode_static
+from .postprocess import DecodeSettings, decode
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What an exported graph returns: the dense outputs (`decode` None) or end2end detections decoded in the graph."""
+
+    decode: DecodeSettings | None = None
+    conf: float = 0.001
+    max_det: int = 300
+    agnostic: bool = False
+
+    def outputs(self, dense: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The graph's outputs from the head's dense outputs."""
+        if self.decode is None:
+            return dense
+        return decode(*dense, self.decode, self.conf, self.max_det, agnostic=self.agnostic)
+
+
+def raw_outputs(preds) -> dict:
+    """The raw outputs dict from a head's training output or its eval `(dense, raw)` pair (tuple or list)."""
+    return preds if isinstance(preds, dict) else preds[1]
 
 
 def conv_gn_relu(c1: int, c2: int, k: int = 3) -> nn.Sequential:
@@ -35,6 +66,11 @@ def normal_init(module: nn.Module, std: float = 0.01) -> None:
             nn.init.normal_(m.weight, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+def prior_bias(conv: nn.Conv2d, prior: float = 0.01) -> None:
+    """Set a classifier's bias so that its initial sigmoid output is `prior` (focal loss initialisation)."""
+    nn.init.constant_(conv.bias, -math.log((1 - prior) / prior))
 
 
 def coord_features(x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +89,43 @@ def coord_features(x: torch.Tensor) -> torch.Tensor:
 def with_coords(x: torch.Tensor) -> torch.Tensor:
     """Concatenate CoordConv channels to a feature map, (B, C, h, w) -> (B, C + 2, h, w)."""
     return torch.cat((x, coord_features(x)), 1)
+
+
+def to_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """Resize a feature map (B, C, h, w) to its level's grid (B, C, S, S); bilinear, so identity at equal size."""
+    return F.interpolate(x, size=(grid, grid), mode="bilinear", align_corners=False)
+
+
+def point_nms(scores: torch.Tensor) -> torch.Tensor:
+    """Keep grid scores that are the maximum of their 2x2 neighbourhood, zero the rest; (B, nc, S, S) -> same."""
+    peak = F.max_pool2d(scores, 2, stride=1, padding=1)[..., :-1, :-1]
+    return scores * (peak == scores)
+
+
+def flatten_levels(maps: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-level grid maps [(B, C, S, S)] into one (B, R, C) tensor, level after level, row-major."""
+    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
+
+
+class SOLOHead(nn.Module):
+    """What every SOLO head shares: the outputs per mode (module docstring) from its per-level maps.
+
+    Attributes:
+        export (ExportSpec | None): None in training and eval; set on the exporter's copy of the model only.
+        in_strides (tuple[tuple[int, ...], ...]): The input strides a head accepts, checked when the model is built.
+    """
+
+    export: ExportSpec | None = None
+    in_strides: tuple[tuple[int, ...], ...] = ()
+
+    def outputs(self, cls_logits: list[torch.Tensor], kernels: list[torch.Tensor], mask_feats: torch.Tensor):
+        """Return the outputs of the current mode from per-level logits and kernels and the mask features."""
+        raw = {"cls": cls_logits, "kernels": kernels, "mask_feats": mask_feats}
+        if self.training:
+            return raw
+        scores = flatten_levels([point_nms(c.sigmoid()) for c in cls_logits])  # (B, R, nc)
+        dense = (scores, flatten_levels(kernels), mask_feats)
+        return (dense, raw) if self.export is None else self.export.outputs(dense)
 
 
 class MaskFeatureBranch(nn.Module):
@@ -119,43 +192,20 @@ class InstanceBranch(nn.Module):
         self.cls_pred = nn.Conv2d(c_head, nc, 3, padding=1)
         self.kernel_pred = nn.Conv2d(c_head, kernel_size, 3, padding=1)
         normal_init(self)
-        nn.init.constant_(self.cls_pred.bias, -math.log((1 - prior) / prior))
+        prior_bias(self.cls_pred, prior)
 
     def forward(self, x: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Map one level (B, C, h, w) to category logits (B, nc, S, S) and kernels (B, E, S, S)."""
-        x = F.interpolate(with_coords(x), size=(grid, grid), mode="bilinear", align_corners=False)
+        x = to_grid(with_coords(x), grid)
         return self.cls_pred(self.cls_tower(x[:, :-2])), self.kernel_pred(self.kernel_tower(x))
 
 
-def point_nms(scores: torch.Tensor) -> torch.Tensor:
-    """Keep grid scores that are the maximum of their 2x2 neighbourhood, zero the rest; (B, nc, S, S) -> same."""
-    peak = F.max_pool2d(scores, 2, stride=1, padding=1)[..., :-1, :-1]
-    return scores * (peak == scores)
-
-
-def flatten_levels(maps: list[torch.Tensor]) -> torch.Tensor:
-    """Concatenate per-level grid maps [(B, C, S, S)] into one (B, R, C) tensor, level after level, row-major."""
-    return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], 1)
-
-
-def raw_outputs(preds) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    """Return the head's raw outputs from its training output or its eval `(dense, raw)` pair (tuple or list)."""
-    return preds[1] if len(preds) == 2 else preds
-
-
-class SOLOv2Head(nn.Module):
-    """FPN P2-P6 and the SOLOv2 head.
-
-    Outputs depend on the mode, following Ultralytics' `Segment` head:
-        training: raw = (cls logits [(B, nc, S, S)] per level, kernels [(B, E, S, S)] per level, mask features
-            (B, E, H/4, W/4));
-        eval: (dense, raw) with dense = (scores (B, R, nc) after sigmoid and 2x2 point NMS, kernels (B, R, E),
-            mask features (B, E, H/4, W/4));
-        tracing / ONNX export: dense only, three plain tensors; with `end2end` set (settings, conf, max_det), the
-            decoded detections of `decode_static` instead.
+class SOLOv2Head(SOLOHead):
+    """SOLOv2 as in the paper and MMDetection: FPN P2-P6 on backbone features C2-C5, one instance branch shared by
+    five levels (P2 downsampled to stride 8, P3, P4, P5, P6 upsampled to stride 32), mask features fused at stride 4.
     """
 
-    end2end: tuple[DecodeSettings, float, int] | None = None  # set only while an end2end export traces the head
+    in_strides = ((4, 8, 16, 32),)
 
     def __init__(
         self,
@@ -181,14 +231,14 @@ class SOLOv2Head(nn.Module):
             num_grids (list[int]): Grid size S of each of the five head levels.
         """
         super().__init__()
-        self.nc = nc
+        self.nc, self.kernel_size = nc, c_mask_out
         self.num_grids = list(num_grids)
         self.fpn = FeaturePyramidNetwork(in_channels, c_fpn, extra_blocks=LastLevelMaxPool())
         self.mask_branch = MaskFeatureBranch(c_fpn, c_mask_mid, c_mask_out)
         self.instance_branch = InstanceBranch(c_fpn, c_head, stacked, nc, c_mask_out)
 
     def forward(self, feats: list[torch.Tensor]):
-        """Run the head on backbone features C2..C5; see the class docstring for the outputs."""
+        """Run the head on backbone features C2..C5; see the module docstring for the outputs."""
         p = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats))).values())  # P2..P6
         mask_feats = self.mask_branch(p[:4])  # (B, E, H/4, W/4)
         levels = [
@@ -197,11 +247,4 @@ class SOLOv2Head(nn.Module):
             F.interpolate(p[4], size=p[3].shape[-2:], mode="bilinear", align_corners=False),  # P6 -> stride 32
         ]
         cls_logits, kernels = zip(*(self.instance_branch(x, s) for x, s in zip(levels, self.num_grids)))
-        raw = (list(cls_logits), list(kernels), mask_feats)
-        if self.training:
-            return raw
-        scores = flatten_levels([point_nms(c.sigmoid()) for c in cls_logits])  # (B, R, nc)
-        dense = (scores, flatten_levels(list(kernels)), mask_feats)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return decode_static(*dense, *self.end2end) if self.end2end else dense
-        return dense, raw
+        return self.outputs(list(cls_logits), list(kernels), mask_feats)

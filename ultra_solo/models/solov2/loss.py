@@ -20,6 +20,7 @@ from ultralytics.utils import LOGGER, ops
 from ultra_solo.utils.masks import instance_masks, resize_masks
 
 from .head import flatten_levels, raw_outputs
+from .postprocess import cell_geometry, offset_logits
 from .targets import assign_targets
 
 
@@ -66,6 +67,7 @@ class SOLOv2Loss:
         self.mask_weight = solo["mask_weight"]
         self.alpha = solo["focal_alpha"]
         self.gamma = solo["focal_gamma"]
+        self.offsets = solo.get("offsets", False)
         args = getattr(model, "args", {})
         args = args if isinstance(args, dict) else vars(args)
         self.overlap = args.get("overlap_mask", False)
@@ -105,25 +107,30 @@ class SOLOv2Loss:
         Returns:
             (tuple): Total loss times batch size, and the detached weighted `cls_loss` and `mask_loss`.
         """
-        cls_maps, kernel_maps, mask_feats = raw_outputs(preds)
+        raw = raw_outputs(preds)
+        cls_maps, kernel_maps, mask_feats = raw["cls"], raw["kernels"], raw["mask_feats"]
         with torch.autocast(mask_feats.device.type, enabled=False):  # fp32: dice sums and focal terms underflow in fp16
             cls_logits = flatten_levels(cls_maps).float()  # (B, R, nc)
-            kernels = flatten_levels(kernel_maps).float()  # (B, R, E)
+            kernels = flatten_levels(kernel_maps).float()  # (B, R, E), or (B, R, E + 2) with offsets
             mask_feats = mask_feats.float()  # (B, E, h, w)
             gt_masks, gt_cls, assigned = self.targets(batch, mask_feats.shape[2:])
             pos = assigned >= 0  # (B, R)
             inst = assigned[pos]  # (P,)
 
+            if len(inst):
+                e = mask_feats.shape[1]
+                logits = dynamic_masks(kernels[..., :e], mask_feats, pos)  # (P, h, w)
+                if self.offsets:
+                    geometry = cell_geometry(self.num_grids, logits.device)[pos.nonzero()[:, 1]]  # (P, 3)
+                    logits = logits + offset_logits(kernels[pos][:, e:], geometry, *logits.shape[1:])
+                mask_loss = dice_loss(logits.sigmoid(), gt_masks[inst]).mean() * self.mask_weight
+            else:  # keep every parameter in the graph (DDP) with a zero mask loss
+                mask_loss = (kernels.sum() + mask_feats.sum()) * 0.0
+
             cls_targets = torch.zeros_like(cls_logits)
             cls_targets[pos, gt_cls[inst]] = 1.0
             cls_loss = sigmoid_focal_loss(cls_logits, cls_targets, self.alpha, self.gamma, reduction="sum")
             cls_loss = cls_loss / (len(inst) + 1) * self.cls_weight
-
-            if len(inst):
-                probs = dynamic_masks(kernels, mask_feats, pos).sigmoid()  # (P, h, w)
-                mask_loss = dice_loss(probs, gt_masks[inst]).mean() * self.mask_weight
-            else:  # keep every parameter in the graph (DDP) with a zero mask loss
-                mask_loss = (kernels.sum() + mask_feats.sum()) * 0.0
         batch_size = mask_feats.shape[0]
         loss = cls_loss + mask_loss
         return loss * batch_size, {"cls_loss": cls_loss.detach(), "mask_loss": mask_loss.detach()}

@@ -9,12 +9,14 @@ Examples:
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from ultralytics.engine.model import Model
 from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER, RANK
 
-from .export import RUNTIME_PACKAGES, add_solo_metadata, check_export, require
+from .export import RUNTIME_PACKAGES, check_export, prepare_export, require
+from .head import ExportSpec
 from .network import SOLOv2Model, solo_config
 from .postprocess import DecodeSettings
 from .predict import SOLOPredictor
@@ -30,10 +32,9 @@ class SOLO(Model):
         verbose (bool): Print model information when building from a YAML.
     """
 
-    def __init__(self, model: str | Path = "solov2-n.yaml", verbose: bool = False) -> None:
+    def __init__(self, model: str | Path = "yolo11n-solo.yaml", verbose: bool = False) -> None:
         """Build a model from a YAML, or load a checkpoint or an export (`.onnx`, `.torchscript`)."""
         super().__init__(model=model, task="segment", verbose=verbose)
-        self.add_callback("on_export_start", add_solo_metadata)
 
     def _new(self, cfg: str, task: str | None = None, verbose: bool = False) -> None:
         """Build a new model from a SOLO YAML; Ultralytics' own loader only resolves its shipped YAMLs."""
@@ -58,21 +59,25 @@ class SOLO(Model):
         The export holds the dense network (scores, kernels, mask features) and the SOLO constants as metadata, so
         `SOLO("best.onnx")` predicts and validates like the `.pt`. With `nms=True` (end2end) the graph also decodes:
         scores (B, D), classes (B, D) and mask probabilities (B, D, H/4, W/4), D = min(max_det, nms_pre), with `conf`
-        (default 0.001) and `max_det` fixed at export; predicting or validating it with any conf >= that and max_det
-        <= that gives the `.pt`'s detections. ONNX needs `pip install 'ultra-solo[export]'`.
+        (default 0.001), `max_det` and `agnostic_nms` fixed at export; predicting or validating it with any conf >= that
+        and max_det <= that gives the `.pt`'s detections. ONNX needs `pip install 'ultra-solo[export]'`.
         """
         kwargs.setdefault("format", "torchscript")
         check_export(str(kwargs["format"]).lower())
-        head = self.model.model[-1]
-        if kwargs.get("nms"):  # SOLO's decoding goes into the graph itself, not Ultralytics' YOLO NMS wrapper
-            conf = 0.001 if kwargs.get("conf") is None else kwargs["conf"]  # the graph's cost does not depend on it
-            settings = DecodeSettings.from_solo(solo_config(self.model))
-            head.end2end = (settings, conf, kwargs.get("max_det", DEFAULT_CFG_DICT["max_det"]))
-            kwargs["nms"] = None
+        spec = ExportSpec()
+        if kwargs.pop("nms", None):  # SOLO's decoding goes into the graph itself, not Ultralytics' YOLO NMS wrapper
+            spec = ExportSpec(
+                decode=DecodeSettings.from_solo(solo_config(self.model)),
+                conf=0.001 if kwargs.get("conf") is None else kwargs["conf"],  # the graph's cost does not depend on it
+                max_det=kwargs.get("max_det", DEFAULT_CFG_DICT["max_det"]),
+                agnostic=bool(kwargs.get("agnostic_nms") or self.overrides.get("single_cls")),
+            )
+        callback = partial(prepare_export, spec=spec)  # runs on the exporter's own copy of the model
+        self.add_callback("on_export_start", callback)
         try:
             file = super().export(**kwargs)
         finally:
-            head.__dict__.pop("end2end", None)  # back to the class default: dense outputs
+            self.callbacks["on_export_start"].remove(callback)
         LOGGER.info(f"SOLO exports run with ultra-solo (not 'yolo'): ultra-solo segment predict model={file}")
         return file
 

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+import sys
 from copy import deepcopy
 from pathlib import Path
 
 import thop
 import torch
+from ultralytics.engine.predictor import BasePredictor
+from ultralytics.engine.validator import BaseValidator
+from ultralytics.nn.modules import TorchVision
 from ultralytics.nn.tasks import BaseModel, parse_model
 from ultralytics.utils import LOGGER
-from ultralytics.utils.torch_utils import model_info
+from ultralytics.utils.torch_utils import initialize_weights, model_info
 
 from .backbone import load_imagenet_weights
 from .cfg import load_model_yaml, resolve_scale
 from .export import metadata_solo
-from .head import SOLOv2Head
+from .head import SOLOHead, SOLOv2Head
+from .pan_head import SOLOPANHead
 
-HEAD_STRIDES = (4, 8, 16, 32)  # strides of the four backbone features the head takes (C2-C5)
+HEADS: dict[str, type[SOLOHead]] = {"SOLOv2Head": SOLOv2Head, "SOLOPANHead": SOLOPANHead}
 
 
 class SOLOv2Model(BaseModel):
     """SOLOv2 instance segmentation model.
 
-    The YAML's backbone rows (any Ultralytics, `nn.*` or `TorchVision` rows) are built by `parse_model`; its last head
-    row names `SOLOv2Head` and the four features it reads, and is built here, so `forward`, `fuse`, `info` and `load`
-    of `BaseModel` work unchanged.
+    The YAML's backbone and neck rows (any Ultralytics, `nn.*` or `TorchVision` rows) are built by `parse_model`, with
+    Ultralytics' weight initialisation (torchvision rows keep theirs); its last head row names a SOLO head (`HEADS`) and
+    the features it reads, and is built here, so `forward`, `fuse`, `info` and `load` of `BaseModel` work unchanged.
 
     Attributes:
         yaml (dict): Model dict, including the `solo` constants block.
@@ -52,28 +57,34 @@ class SOLOv2Model(BaseModel):
         self.model, self.save = parse_model({**d, "head": rows}, ch=ch, verbose=verbose)
         self.model.append(self._build_head(head_row, ch))
         self.save = sorted({*self.save, *head_row[0]})
-        mean, std = d.get("pixel_mean", [0.0] * ch), d.get("pixel_std", [1.0] * ch)
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        for m in self.model:
+            if not isinstance(m, TorchVision):  # Ultralytics' BatchNorm settings, as every YOLO model gets
+                initialize_weights(m)
+        for key in ("pixel_mean", "pixel_std"):  # None: the trunk takes Ultralytics' 0-1 input as it is
+            value = torch.tensor(d[key]).view(1, -1, 1, 1) if key in d else None
+            self.register_buffer(key, value, persistent=False)
         self.stride = torch.tensor(self.yaml["solo"]["strides"], dtype=torch.float32)
         self.names = {i: f"{i}" for i in range(self.yaml["nc"])}
         self.task = "segment"
+        self.weights_source = "scratch"  # what `load` or `load_pretrained_backbone` transferred; kept in checkpoints
         if verbose:
             self.info()
             LOGGER.info("")
 
-    def _build_head(self, row: list, ch: int) -> SOLOv2Head:
-        """Build the SOLOv2 head from its YAML row, reading the input widths off a dry run of the backbone."""
+    def _build_head(self, row: list, ch: int) -> SOLOHead:
+        """Build the SOLO head of the YAML's last row, reading its input widths off a dry run of the rows before it."""
         f, _, name, args = row
-        if name != "SOLOv2Head" or not isinstance(f, list) or len(f) != len(HEAD_STRIDES):
-            raise ValueError(f"the last head row must be [[C2, C3, C4, C5], 1, SOLOv2Head, [...]], got {row}")
+        if name not in HEADS or not isinstance(f, list):
+            raise ValueError(f"the last head row must be [[inputs...], 1, HEAD, [...]], HEAD in {list(HEADS)}: {row}")
         size = 256
         feats = self._backbone_features(torch.zeros(1, ch, size, size), f)
         strides = tuple(size // x.shape[-1] for x in feats)
-        if strides != HEAD_STRIDES:
-            raise ValueError(f"SOLOv2Head inputs {f} have strides {strides}; they must be {HEAD_STRIDES}")
-        head = SOLOv2Head([x.shape[1] for x in feats], *args, num_grids=self.yaml["solo"]["num_grids"])
-        head.i, head.f, head.type = len(self.model), f, "SOLOv2Head"
+        if strides not in HEADS[name].in_strides:
+            raise ValueError(f"{name} inputs {f} have strides {strides}; they must be one of {HEADS[name].in_strides}")
+        solo = self.yaml["solo"]
+        extra = {"offsets": True} if solo.get("offsets") else {}  # only heads made for it take the offset channels
+        head = HEADS[name]([x.shape[1] for x in feats], *args, num_grids=solo["num_grids"], **extra)
+        head.i, head.f, head.type = len(self.model), f, name
         head.np = sum(p.numel() for p in head.parameters())
         return head
 
@@ -93,8 +104,13 @@ class SOLOv2Model(BaseModel):
         return [outputs[i] for i in indices]
 
     def _predict_once(self, x: torch.Tensor, profile: bool = False, embed: list | None = None):
-        """Normalise the 0-1 RGB input as the backbone weights expect, then run `BaseModel`'s forward."""
-        return super()._predict_once((x - self.pixel_mean) / self.pixel_std, profile, embed)
+        """Normalise the 0-1 RGB input as torchvision backbone weights expect (when the YAML sets `pixel_mean`), then
+        run `BaseModel`'s forward; refuse to serve YOLO's decoding (see `check_decoder`)."""
+        if not self.training and self.model[-1].export is None:
+            check_decoder(self)
+        if self.pixel_mean is not None:
+            x = (x - self.pixel_mean) / self.pixel_std
+        return super()._predict_once(x, profile, embed)
 
     def info(self, detailed: bool = False, verbose: bool = True, imgsz: int | list[int] = 640):
         """Print and return (layers, parameters, gradients, GFLOPs).
@@ -118,6 +134,26 @@ class SOLOv2Model(BaseModel):
 
     def set_head_attr(self, **kwargs):
         """Accept the trainer's head settings (`max_det`): SOLO decoding reads them from the run's arguments."""
+
+    def load(self, weights, verbose: bool = True):
+        """Transfer every tensor whose name and shape match (`BaseModel.load`) and log what the trunk and head got.
+
+        A YOLO-seg checkpoint on the same trunk (e.g. `yolo11n-seg.pt` into `yolo11n-solo.yaml`) fills every trunk
+        tensor; the SOLO head then starts from scratch.
+        """
+        source = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
+        csd = source.state_dict()
+        head = f"model.{len(self.model) - 1}."
+        own = self.state_dict()
+        hits = {k for k, v in own.items() if k in csd and csd[k].shape == v.shape}
+        trunk = [k for k in own if not k.startswith(head)]
+        super().load(weights, verbose)
+        self.weights_source = (
+            f"{type(source).__name__} checkpoint: {sum(k in hits for k in trunk)}/{len(trunk)} trunk and "
+            f"{sum(k.startswith(head) for k in hits)}/{len(own) - len(trunk)} head tensors"
+        )
+        LOGGER.info(f"Pretrained weights from a {self.weights_source}")
+        return self
 
     def load_pretrained_backbone(self, pretrained: bool | str | Path = True) -> int:
         """Load ImageNet weights into the model's torchvision backbone rows; see `backbone.load_imagenet_weights`."""
@@ -143,6 +179,33 @@ class SOLOv2Model(BaseModel):
         return zero, {k: torch.zeros_like(v) for k, v in items.items()}
 
 
+def check_decoder(model: SOLOv2Model) -> None:
+    """Refuse an eval forward pass run by a non-SOLO Ultralytics predictor or validator.
+
+    `YOLO("solo_best.pt")` and `yolo predict model=solo_best.pt` load a SOLO checkpoint into YOLO's segmentation
+    predictor, which reads SOLO's outputs as YOLO boxes and reports no detections without a word. The nearest predictor
+    or validator up the call stack tells which decoding will read this pass: SOLO's declare `decodes_solo`.
+
+    Raises:
+        TypeError: Naming SOLO and the command to use instead.
+    """
+    frame = sys._getframe(1)
+    for _ in range(40):  # AutoBackend and nn.Module calls lie between the predictor and this frame
+        if frame is None:
+            return
+        caller = frame.f_locals.get("self")
+        if isinstance(caller, (BasePredictor, BaseValidator)):
+            if getattr(caller, "decodes_solo", False):
+                return
+            path = getattr(model, "pt_path", None) or "best.pt"
+            raise TypeError(
+                f"'{path}' is a SOLO model; {type(caller).__name__} decodes YOLO outputs and would find nothing. "
+                f"Load it with ultra-solo: `from ultra_solo import SOLO; SOLO('{path}')`, or on the command line "
+                f"`ultra-solo segment predict model={path} source=...` (val, track and export likewise)"
+            )
+        frame = frame.f_back
+
+
 def solo_config(model) -> dict:
     """Return the `solo` constants of a SOLO model: given directly, wrapped in Ultralytics' AutoBackend, or exported."""
     for m in (model, getattr(model, "model", None)):
@@ -162,10 +225,11 @@ def register_safe_globals() -> None:
     from torchvision.ops.misc import Conv2dNormActivation
 
     from .head import InstanceBranch, MaskFeatureBranch
+    from .pan_head import GridBranch, PANMaskBranch
 
     torch.serialization.add_safe_globals(
         [SOLOv2Model, SOLOv2Head, InstanceBranch, MaskFeatureBranch, FeaturePyramidNetwork, LastLevelMaxPool,
-         Conv2dNormActivation, BasicBlock, Bottleneck]
+         Conv2dNormActivation, BasicBlock, Bottleneck, SOLOPANHead, GridBranch, PANMaskBranch]
     )  # fmt: skip
 
 

@@ -2,7 +2,9 @@
 
 Per image: score threshold (Ultralytics' `conf`) -> top `nms_pre` (cell, class) candidates -> dynamic 1x1 convolution
 -> mask threshold -> drop masks no larger than their level's stride -> maskness rescoring -> Matrix NMS -> scores of at
-least max(conf, filter_thr) -> `max_det`. The 2x2 point NMS runs in the head, so exported graphs include it.
+least `conf` (predict: max(conf, filter_thr)) -> `max_det`. The 2x2 point NMS runs in the head, so exported graphs
+include it. One function, `decode`, does this for a whole batch with fixed sizes: end2end graphs run it, and the Python
+postprocess runs it image by image with only the candidates above `conf`.
 
 Shape shorthand in this module:
     R: grid cells over all levels; nc: number of classes; E: kernel size = mask-feature channels
@@ -21,7 +23,7 @@ from torchvision.ops import masks_to_boxes
 
 def dense_outputs(preds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return (scores, kernels, mask features) from the eval `(dense, raw)` pair or an export's three outputs."""
-    return preds[0] if len(preds) == 2 else preds
+    return preds[0] if isinstance(preds[-1], dict) else preds
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,13 @@ class DecodeSettings:
     kernel: str = "gaussian"
     sigma: float = 2.0
     filter_thr: float = 0.05
+    offsets: bool = False  # kernels end with two weights for the cell-offset channels (`offset_logits`)
     end2end: bool = False  # outputs are an end2end export's decoded detections, not dense outputs
 
     @classmethod
     def from_solo(cls, solo: dict) -> DecodeSettings:
         """Build the settings from a `solo` block, ignoring its training-only keys."""
-        keys = ("nms_pre", "mask_thr", "kernel", "sigma", "filter_thr")
+        keys = ("nms_pre", "mask_thr", "kernel", "sigma", "filter_thr", "offsets")
         kwargs = {k: solo[k] for k in keys if k in solo}
         return cls(tuple(solo["num_grids"]), tuple(solo["strides"]), end2end="end2end" in solo, **kwargs)
 
@@ -48,6 +51,38 @@ class DecodeSettings:
         """Return the stride of each grid cell's level, (R,)."""
         counts = torch.tensor([s * s for s in self.num_grids], device=device)
         return torch.tensor(self.strides, dtype=torch.float32, device=device).repeat_interleave(counts)
+
+
+def cell_geometry(num_grids: list[int] | tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
+    """Return (R, 3): every grid cell's centre x and y as fractions of the input width and height, and its level's S."""
+    levels = []
+    for s in num_grids:
+        centre = (torch.arange(s, dtype=torch.float32, device=device) + 0.5) / s  # (S,)
+        levels.append(torch.stack((centre.repeat(s), centre.repeat_interleave(s), centre.new_full((s * s,), s)), 1))
+    return torch.cat(levels)
+
+
+def offset_logits(weights: torch.Tensor, geometry: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The cell-offset terms of mask logits: a * |x - cx| * S + b * |y - cy| * S at every mask pixel (x, y).
+
+    The last two kernel weights (a, b) of a cell, applied to its distance in cells from every pixel: with negative
+    weights the mask fades away from its cell, a box-free locality prior (CondInst gives its mask heads relative
+    coordinates for the same reason); zero weights leave SOLOv2's dynamic convolution unchanged.
+
+    Args:
+        weights (torch.Tensor): (..., 2) weights (a, b).
+        geometry (torch.Tensor): (..., 3) the cells' `cell_geometry`.
+        h (int): Mask height.
+        w (int): Mask width.
+
+    Returns:
+        (torch.Tensor): (..., h, w) logit terms.
+    """
+    xs = (torch.arange(w, device=weights.device, dtype=weights.dtype) + 0.5) / w  # (w,)
+    ys = (torch.arange(h, device=weights.device, dtype=weights.dtype) + 0.5) / h  # (h,)
+    dx = (xs - geometry[..., 0:1]).abs() * geometry[..., 2:3]  # (..., w) distance in cells
+    dy = (ys - geometry[..., 1:2]).abs() * geometry[..., 2:3]  # (..., h)
+    return weights[..., 0:1, None] * dx[..., None, :] + weights[..., 1:2, None] * dy[..., :, None]
 
 
 def matrix_nms(masks: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, kernel="gaussian", sigma=2.0):
@@ -86,59 +121,21 @@ def matrix_nms(masks: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, k
     return decay.min(-2).values
 
 
-def decode_image(
+def decode(
     scores: torch.Tensor,
     kernels: torch.Tensor,
     mask_feats: torch.Tensor,
     settings: DecodeSettings,
     conf: float,
     max_det: int,
+    k: int | None = None,
+    agnostic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Turn one image's dense outputs into detections.
+    """Decode a batch with fixed sizes: the one decode of the Python postprocess and of end2end graphs.
 
-    Args:
-        scores (torch.Tensor): (R, nc) category scores after point NMS.
-        kernels (torch.Tensor): (R, E) dynamic kernels.
-        mask_feats (torch.Tensor): (E, h, w) mask features.
-        settings (DecodeSettings): SOLO inference constants.
-        conf (float): Score threshold for candidates and for final detections.
-        max_det (int): Maximum detections.
-
-    Returns:
-        (tuple): Mask probabilities (n, h, w), scores (n,) in descending order and classes (n,) long.
-    """
-    scores, kernels, mask_feats = scores.float(), kernels.float(), mask_feats.float()
-    cell, cls = (scores > conf).nonzero(as_tuple=True)  # (K,)
-    score = scores[cell, cls]
-    if len(score) > settings.nms_pre:
-        top = score.topk(settings.nms_pre).indices
-        cell, cls, score = cell[top], cls[top], score[top]
-    probs = (kernels[cell] @ mask_feats.flatten(1)).sigmoid().view(len(cell), *mask_feats.shape[1:])
-    masks = probs > settings.mask_thr
-    area = masks.sum((1, 2)).float()  # (K,)
-    keep = area > settings.cell_strides(scores.device)[cell]
-    probs, masks, area, cls = probs[keep], masks[keep], area[keep], cls[keep]
-    score = score[keep] * (probs * masks).sum((1, 2)) / area.clamp_min(1)  # maskness
-    order = score.argsort(descending=True)
-    probs, masks, area, cls, score = probs[order], masks[order], area[order], cls[order], score[order]
-    score = score * matrix_nms(masks.flatten(1), cls, area, settings.kernel, settings.sigma)
-    keep = (score >= max(conf, settings.filter_thr)).nonzero().view(-1)
-    keep = keep[score[keep].argsort(descending=True)][:max_det]
-    return probs[keep], score[keep], cls[keep]
-
-
-def decode_static(
-    scores: torch.Tensor,
-    kernels: torch.Tensor,
-    mask_feats: torch.Tensor,
-    settings: DecodeSettings,
-    conf: float,
-    max_det: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`decode_image` for a whole batch with fixed sizes, for graphs (end2end export): masking instead of filtering.
-
-    The top `nms_pre` (cell, class) candidates of each image go through every step; the ones `decode_image` would drop
-    get score 0, which sorts them below every kept candidate, so they change no other candidate's Matrix NMS decay.
+    Each image's top K (cell, class) candidates go through every step; a candidate scored at most `conf`, or whose mask
+    is no larger than its level's stride, gets score 0, which sorts it below every kept candidate, so it changes no
+    other candidate's Matrix NMS decay. Scores below `conf` after Matrix NMS are 0 too.
 
     Args:
         scores (torch.Tensor): (B, R, nc) category scores after point NMS.
@@ -147,54 +144,98 @@ def decode_static(
         settings (DecodeSettings): SOLO inference constants.
         conf (float): Score threshold for candidates and for final detections.
         max_det (int): Maximum detections.
+        k (int, optional): Candidates per image, K, at most `nms_pre` (the default, used by graphs). The Python path
+            passes the number of scores above `conf`, which gives the same detections with less work.
+        agnostic (bool): Matrix NMS across classes (Ultralytics' `agnostic_nms`, `single_cls`).
 
     Returns:
         (tuple): Scores (B, D) in descending order (0 marks an empty slot), classes (B, D) and mask probabilities
-            (B, D, h, w), D = min(max_det, nms_pre).
+            (B, D, h, w), D = min(max_det, K).
     """
     scores, kernels, mask_feats = scores.float(), kernels.float(), mask_feats.float()
     nc, e = scores.shape[2], mask_feats.shape[1]
-    score, index = scores.flatten(1).topk(settings.nms_pre)  # (B, P)
+    k = min(settings.nms_pre, scores.shape[1] * nc, settings.nms_pre if k is None else k)
+    score, index = scores.flatten(1).topk(k)  # (B, K)
     cell, cls = index // nc, index % nc
-    probs = (kernels.gather(1, cell[..., None].expand(-1, -1, e)) @ mask_feats.flatten(2)).sigmoid()  # (B, P, h*w)
+    kernels = kernels.gather(1, cell[..., None].expand(-1, -1, kernels.shape[2]))  # (B, K, E [+ 2])
+    logits = kernels[..., :e] @ mask_feats.flatten(2)  # (B, K, h*w)
+    if settings.offsets:
+        geometry = cell_geometry(settings.num_grids, scores.device)[cell]  # (B, K, 3)
+        logits = logits + offset_logits(kernels[..., e:], geometry, *mask_feats.shape[2:]).flatten(2)
+    probs = logits.sigmoid()
     masks = (probs > settings.mask_thr).float()
-    area = masks.sum(2)  # (B, P)
+    area = masks.sum(2)  # (B, K)
     kept = (score > conf) & (area > settings.cell_strides(scores.device)[cell])
     score = torch.where(kept, score * (probs * masks).sum(2) / area.clamp_min(1), 0.0)  # maskness
     score, order = score.sort(1, descending=True)
     masks, area, cls = masks.gather(1, order[..., None].expand_as(masks)), area.gather(1, order), cls.gather(1, order)
-    score = score * matrix_nms(masks, cls, area, settings.kernel, settings.sigma)
-    score = torch.where(score >= max(conf, settings.filter_thr), score, 0.0)
-    score, top = score.topk(min(max_det, settings.nms_pre))  # (B, D), indices into the sorted candidates
+    labels = torch.zeros_like(cls) if agnostic else cls  # one class for Matrix NMS: every mask decays every other
+    score = score * matrix_nms(masks, labels, area, settings.kernel, settings.sigma)
+    score = torch.where(score >= conf, score, 0.0)
+    score, top = score.topk(min(max_det, k))  # (B, D), indices into the sorted candidates
     unsorted = order.gather(1, top)  # (B, D) the same candidates before sorting, as `probs` holds them
     probs = probs.gather(1, unsorted[..., None].expand(-1, -1, probs.shape[2]))  # (B, D, h*w)
-    probs = probs.view(probs.shape[0], -1, mask_feats.shape[2], mask_feats.shape[3])  # sizes stay dynamic in graphs
+    probs = probs.view(probs.shape[0], probs.shape[1], mask_feats.shape[2], mask_feats.shape[3])  # dynamic in graphs
     return score, cls.gather(1, top), probs
 
 
-def detections(preds, settings: DecodeSettings, conf: float, max_det: int) -> list[tuple]:
+def detections(
+    preds,
+    settings: DecodeSettings,
+    conf: float,
+    max_det: int,
+    min_score: float | None = None,
+    classes: list[int] | None = None,
+    agnostic: bool = False,
+) -> list[tuple]:
     """Detections of every image of a batch: (mask probabilities (n, h, w), scores (n,) descending, classes (n,)).
 
-    `preds` are the head's dense outputs (decoded here by `decode_image`), or the outputs of an end2end export
-    (`decode_static` ran in the graph, with the export's `conf` and `max_det`; here empty slots, scores below `conf`
-    and slots beyond `max_det` are dropped).
+    Args:
+        preds: The head's dense outputs (decoded here by `decode`, image by image with as many candidates as it has
+            scores above `conf`), or the outputs of an end2end export (decoded in the graph with the export's `conf`,
+            `max_det` and `agnostic`).
+        settings (DecodeSettings): SOLO inference constants.
+        conf (float): Score threshold for candidates and for final detections.
+        max_det (int): Maximum detections per image.
+        min_score (float, optional): Final score threshold, default `conf` (predict passes max(conf, filter_thr)).
+        classes (list[int], optional): Keep only these classes (filtered before Matrix NMS, as YOLO's NMS does).
+        agnostic (bool): Class-agnostic Matrix NMS.
     """
+    min_score = conf if min_score is None else min_score
     if settings.end2end:
-        out = []
-        for score, cls, probs in zip(*preds):  # (D,), (D,), (D, h, w); scores descending
-            keep = ((score > 0) & (score >= conf)).nonzero().view(-1)[:max_det]
-            out.append((probs[keep], score[keep], cls[keep].long()))
-        return out
-    scores, kernels, mask_feats = dense_outputs(preds)
-    return [decode_image(s, k, f, settings, conf, max_det) for s, k, f in zip(scores, kernels, mask_feats)]
+        decoded = zip(*preds)  # (D,), (D,), (D, h, w) per image, scores descending
+    else:
+        scores, kernels, mask_feats = dense_outputs(preds)
+        if classes is not None:
+            keep = torch.zeros(scores.shape[-1], device=scores.device)
+            keep[[c for c in classes if c < len(keep)]] = 1
+            scores = scores * keep
+        decoded = []
+        for s, ker, f in zip(scores, kernels, mask_feats):  # (R, nc), (R, E), (E, h, w) per image
+            image = decode(s[None], ker[None], f[None], settings, conf, max_det, int((s > conf).sum()), agnostic)
+            decoded.append([t[0] for t in image])
+    out = []
+    for score, cls, probs in decoded:
+        keep = ((score > 0) & (score >= min_score)).nonzero().view(-1)
+        if classes is not None:  # end2end graphs decode every class
+            keep = keep[torch.isin(cls[keep].long(), torch.tensor(classes, device=cls.device))]
+        keep = keep[:max_det]
+        out.append((probs[keep], score[keep], cls[keep].long()))
+    return out
+
+
+def upsample_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Upsample mask probabilities (n, h, w) bilinearly to `size`, (n, *size)."""
+    if len(probs) == 0:
+        return probs.new_zeros((0, *size))
+    return F.interpolate(probs[None], size, mode="bilinear", align_corners=False)[0]
 
 
 def upsample_masks(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk: int = 32) -> torch.Tensor:
     """Upsample mask probabilities (n, h, w) bilinearly to `size` and threshold them, `chunk` masks at a time."""
     out = torch.zeros((len(probs), *size), dtype=torch.bool, device=probs.device)
     for i in range(0, len(probs), chunk):
-        up = F.interpolate(probs[None, i : i + chunk], size, mode="bilinear", align_corners=False)[0]
-        out[i : i + chunk] = up > thr
+        out[i : i + chunk] = upsample_probs(probs[i : i + chunk], size) > thr
     return out
 
 

@@ -8,16 +8,21 @@ from ultralytics.models.yolo.segment import SegmentationPredictor
 from ultralytics.utils import ops
 
 from .network import solo_config
-from .postprocess import DecodeSettings, detections, mask_boxes, upsample_masks
+from .postprocess import DecodeSettings, detections, mask_boxes, upsample_masks, upsample_probs
 
 
 class SOLOPredictor(SegmentationPredictor):
-    """Predictor for SOLOv2 returning `Results` with masks and boxes; `retina_masks` gives original-size masks.
+    """Predictor for SOLO models returning `Results` with masks and boxes; `retina_masks` gives original-size masks.
+
+    Detections score at least max(conf, filter_thr); `classes` and `agnostic_nms` act as in YOLO's NMS (classes are
+    filtered before Matrix NMS, which then runs across classes with `agnostic_nms`).
 
     Examples:
         >>> predictor = SOLOPredictor(overrides=dict(model="best.pt", source="image.jpg"))
         >>> results = predictor()
     """
+
+    decodes_solo = True  # SOLO models refuse eval passes for other decoders (`network.check_decoder`)
 
     def setup_model(self, model, verbose: bool = True) -> None:
         """Load the model and read the SOLO inference constants from it."""
@@ -28,15 +33,26 @@ class SOLOPredictor(SegmentationPredictor):
         """Decode each image of the batch into a `Results` in original-image pixels."""
         if not isinstance(orig_imgs, list):  # input images are a torch.Tensor, not a list
             orig_imgs = ops.convert_torch2numpy_batch(orig_imgs)[..., ::-1]
-        found = detections(preds, self.decode, self.args.conf, self.args.max_det)
+        found = detections(
+            preds,
+            self.decode,
+            self.args.conf,
+            self.args.max_det,
+            min_score=max(self.args.conf, self.decode.filter_thr),
+            classes=self.args.classes,
+            agnostic=bool(self.args.agnostic_nms),
+        )
         return [self.make_result(d, img, orig_img, path) for d, orig_img, path in zip(found, orig_imgs, self.batch[0])]
 
     def make_result(self, found: tuple, img: torch.Tensor, orig_img, img_path: str) -> Results:
-        """Build one `Results`: masks at the letterboxed input size, or at the original size with `retina_masks`."""
+        """Build one `Results`: masks at the letterboxed input size, or at the original size with `retina_masks`.
+
+        Retina masks are upsampled to the input size before the letterbox padding is cut, so the cut is exact.
+        """
         probs, conf, cls = found
         thr = self.decode.mask_thr
         if self.args.retina_masks:
-            masks = ops.scale_masks(probs[None], orig_img.shape[:2])[0] > thr  # (n, h0, w0)
+            masks = ops.scale_masks(upsample_probs(probs, img.shape[2:])[None], orig_img.shape[:2])[0] > thr
             boxes = mask_boxes(masks)
         else:
             masks = upsample_masks(probs, img.shape[2:], thr)  # (n, H, W)

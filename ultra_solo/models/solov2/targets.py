@@ -1,9 +1,11 @@
 """SOLOv2 target assignment: which ground-truth instance each grid cell predicts. Vectorised, no_grad, on device.
 
-An instance is assigned to every head level whose scale range holds sqrt(w * h) of its box (input pixels). On such a
-level, with grid S, the cell holding its centre of mass is positive, and so are the cells within
-pos_scale * (w / 2, h / 2) of that centre, at most one cell away from it (at most 3 x 3 cells). Where instances of one
-image claim the same cell, the one with the smallest mask wins, as in Ultralytics' overlap masks.
+An instance is assigned to every head level whose scale range holds sqrt(w * h) of its box, measured as a fraction of
+the input's longer side (Ultralytics' `imgsz`), so the same instance goes to the same levels at any input size, as it
+falls in the same cells of grids that divide the input into S x S cells at any size. On such a level, with grid S, the
+cell holding its centre of mass is positive, and so are the cells within pos_scale * (w / 2, h / 2) of that centre, at
+most one cell away from it (at most 3 x 3 cells). Where instances of one image claim the same cell, the one with the
+smallest mask wins, as in Ultralytics' overlap masks.
 
 Shape shorthand in this module:
     B: images in the batch
@@ -66,7 +68,7 @@ def assign_targets(
         batch_size (int): B.
         img_shape (tuple[int, int]): Input (height, width) in pixels.
         num_grids (list[int]): Grid size S of each level.
-        scale_ranges (list[list[float]]): [low, high] of sqrt(w * h) for each level.
+        scale_ranges (list[list[float]]): [low, high] of sqrt(w * h) / max(height, width) for each level.
         pos_scale (float): Fraction of the half box size around the centre of mass that is positive.
 
     Returns:
@@ -81,7 +83,7 @@ def assign_targets(
     cy, cx = centre_of_mass(masks)
     cy, cx = cy * (img_shape[0] / masks.shape[1]), cx * (img_shape[1] / masks.shape[2])  # input pixels
     wh = (boxes[:, 2:] - boxes[:, :2]).clamp_min(0)  # (N, 2)
-    scale = wh.prod(1).sqrt()  # (N,)
+    scale = wh.prod(1).sqrt() / max(img_shape)  # (N,) fraction of the longer input side
     half_w, half_h = (wh * (pos_scale / 2)).unbind(1)
     order = area.argsort(descending=True, stable=True)  # (N,) largest first: a later (smaller) one wins a cell
     priority = torch.empty_like(order).scatter_(0, order, torch.arange(1, n + 1, device=device))  # (N,) 1..N

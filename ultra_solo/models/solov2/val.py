@@ -13,11 +13,15 @@ from .postprocess import DecodeSettings, detections, mask_boxes, upsample_masks
 
 
 class SOLOValidator(SegmentationValidator):
-    """Validator for SOLOv2: same ground truth, matching and mask/box mAP as YOLO-seg; only `postprocess` differs.
+    """Validator for SOLO models: same ground truth, matching and mask/box mAP as YOLO-seg; only `postprocess` differs.
 
-    Like the trainer, it builds ground-truth masks with `overlap_mask=False` unless told otherwise, so `val()` on a
-    checkpoint scores against the same full (unoccluded) instance masks as validation during training.
+    Decoding keeps detections down to `conf` (0.001), as YOLO's validation does (SOLO's `filter_thr` is a predict
+    default), and runs Matrix NMS across classes with `single_cls` or `agnostic_nms`, as YOLO's NMS does. Like the
+    trainer, it builds ground-truth masks with `overlap_mask=False` unless told otherwise, so `val()` on a checkpoint
+    scores against the same full (unoccluded) instance masks as validation during training.
     """
+
+    decodes_solo = True  # SOLO models refuse eval passes for other decoders (`network.check_decoder`)
 
     def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks: dict | None = None) -> None:
         """Initialise the validator, defaulting `overlap_mask` to False when `args` does not set it."""
@@ -43,8 +47,9 @@ class SOLOValidator(SegmentationValidator):
                 and `masks` (n, H/4, W/4), or (n, H, W) when `save_json`/`save_txt` asks for native resolution.
         """
         native = self.process is ops.process_mask_native
+        agnostic = bool(self.args.single_cls or self.args.agnostic_nms)
         out = []
-        for probs, conf, cls in detections(preds, self.decode, self.args.conf, self.args.max_det):
+        for probs, conf, cls in detections(preds, self.decode, self.args.conf, self.args.max_det, agnostic=agnostic):
             size = [4 * x for x in probs.shape[1:]]  # input size: masks are at the mask-feature stride 4
             full = upsample_masks(probs, size, self.decode.mask_thr)  # (n, H, W)
             masks = full if native else probs > self.decode.mask_thr
