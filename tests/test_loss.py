@@ -68,6 +68,23 @@ def test_every_head_parameter_learns_from_instances_of_every_size(model):
     assert not missing, f"no gradient reaches {missing}"
 
 
+@pytest.mark.parametrize("size", [320, 640])
+def test_every_level_gets_positives_at_320_and_640(model, size):
+    sides = [0.04, 0.08, 0.16, 0.32, 0.64, 0.9]  # instance side / imgsz: a spread from small to image-filling
+    n, m = len(sides), size // 4
+    masks, boxes = torch.zeros(n, m, m), []
+    for k, f in enumerate(sides):  # one centred square per image, so no instance claims another's cells
+        lo, side = round(m * (1 - f) / 2), round(m * f)
+        masks[k, lo : lo + side, lo : lo + side] = 1
+        boxes.append([0.5, 0.5, side / m, side / m])
+    b = {"img": torch.zeros(n, 3, size, size), "masks": masks, "cls": torch.zeros(n, 1), "bboxes": torch.tensor(boxes),
+         "batch_idx": torch.arange(n, dtype=torch.float32)}  # fmt: skip
+    crit = model.init_criterion()
+    _, _, assigned = crit.targets(b, (m, m))  # (B, R) instance index per cell, -1 for none
+    per_level = [int((level >= 0).sum()) for level in assigned.split([s * s for s in crit.num_grids], 1)]
+    assert all(per_level), f"positive cells per level at imgsz {size}: {per_level}"
+
+
 def test_loss_scales_with_batch_size(model):
     loss, items = model(batch(2))
     assert loss.item() == pytest.approx(2 * (items["cls_loss"] + items["mask_loss"]).item(), rel=1e-5)
