@@ -6,12 +6,14 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from ultralytics.utils import YAML
 
 from ultra_solo import SOLO
 from ultra_solo.models.solov2 import backbone
 from ultra_solo.models.solov2.cfg import find_model_yaml, load_model_yaml
+from ultra_solo.models.solov2.head import to_grid
 from ultra_solo.models.solov2.network import SOLOv2Model
 
 WIDTHS = {  # scale: backbone, FPN, head, stacked convs, mask features mid, out
@@ -50,6 +52,15 @@ def test_forward_shapes():
     assert scores.shape == (2, 3872, 3) and kernels.shape == (2, 3872, 128) and feats.shape == (2, 128, 48, 64)
     assert [c.shape[-1] for c in raw["cls"]] == [40, 36, 24, 16, 12] and raw["mask_feats"] is feats
     assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_grid_resize_is_skipped_only_where_it_is_identity():
+    x = torch.rand(1, 4, 10, 10)
+    assert to_grid(x, 10) is x  # eager: the neck output is already the grid
+    assert torch.equal(F.interpolate(x, size=(10, 10), mode="bilinear", align_corners=False), x)  # what it skips
+    assert to_grid(x, 5).shape == (1, 4, 5, 5)
+    traced = torch.jit.trace(lambda t: to_grid(t, 10), x)  # an export traced at the grid's size ...
+    assert traced(torch.rand(1, 4, 20, 20)).shape == (1, 4, 10, 10)  # ... still resizes other sizes
 
 
 def test_names_resolve_from_any_folder(tmp_path, monkeypatch):

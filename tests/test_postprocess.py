@@ -6,9 +6,17 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import masks_to_boxes
 
 from ultra_solo.models.solov2.head import point_nms
-from ultra_solo.models.solov2.postprocess import DecodeSettings, decode, detections, mask_boxes, matrix_nms
+from ultra_solo.models.solov2.postprocess import (
+    DecodeSettings,
+    cell_geometry,
+    decode,
+    detections,
+    mask_boxes,
+    matrix_nms,
+)
 
 SETTINGS = DecodeSettings(num_grids=(4, 2), strides=(8, 16))  # R = 16 + 4 cells
 
@@ -111,6 +119,27 @@ def test_mask_boxes_cover_whole_pixels():
     masks[0, 2:5, 3:9] = True  # rows 2-4, cols 3-8
     boxes = mask_boxes(masks)
     assert boxes.tolist() == [[3.0, 2.0, 9.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
+
+
+def test_mask_boxes_match_torchvision():
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(40, 33, 47, generator=gen) > 0.997  # sparse: scattered pixels, some empty masks
+    masks[:5] = False
+    masks[5, 0, 0] = masks[6, -1, -1] = True  # single pixels in the corners
+    filled = masks.flatten(1).any(1)
+    expected = torch.zeros(40, 4)
+    expected[filled] = masks_to_boxes(masks[filled]) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert torch.equal(mask_boxes(masks), expected)
+
+
+def test_cell_tables_are_cached_normal_tensors():
+    settings = DecodeSettings(num_grids=(3, 1), strides=(7, 21))  # grids no other test uses: built here first
+    with torch.inference_mode():  # first built while validating ...
+        strides, geometry = settings.cell_strides(), cell_geometry(settings.num_grids)
+    assert not strides.is_inference() and not geometry.is_inference()  # ... still usable by the loss in training
+    assert settings.cell_strides() is strides and cell_geometry(settings.num_grids) is geometry
+    assert strides.tolist() == [7.0] * 9 + [21.0]
+    assert geometry[4].tolist() == [0.5, 0.5, 3.0] and geometry[9].tolist() == [0.5, 0.5, 1.0]
 
 
 def random_dense_outputs(batch: int, gen: torch.Generator):

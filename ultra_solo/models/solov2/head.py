@@ -92,7 +92,12 @@ def with_coords(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
-    """Resize a feature map (B, C, h, w) to its level's grid (B, C, S, S); bilinear, so identity at equal size."""
+    """Resize a feature map (B, C, h, w) to its level's grid (B, C, S, S), bilinearly; unchanged at equal size.
+
+    Traced graphs (exports) always resize: a graph traced at one size may run at others.
+    """
+    if not torch.jit.is_tracing() and x.shape[-2:] == (grid, grid):
+        return x
     return F.interpolate(x, size=(grid, grid), mode="bilinear", align_corners=False)
 
 
