@@ -1,7 +1,8 @@
 """Inference latency and training images/s of any models side by side, as ratios to the first model.
 
 Every model gets the same images, size and settings; latency is the median per image over repeated passes after a
-warm-up (`ultra_solo.compare.speed`), training speed the training-loop images/s of a short run (no validation counted).
+warm-up, the models taking turns on every image (`ultra_solo.compare.speed`), training speed the training-loop images/s
+of a short run (no validation counted).
 Models: YAMLs (trained from scratch here), `.pt` checkpoints, or exports (`.onnx`, `.torchscript`; latency only).
 Postprocess time depends on how many candidates a model emits: give trained weights for meaningful latencies.
 
@@ -39,12 +40,12 @@ def train_speed(spec: str, args: argparse.Namespace, project: Path) -> float:
     return TrainSpeed.images_per_second(timer.file)
 
 
-def measure(spec: str, images: list[Path], args: argparse.Namespace, project: Path) -> dict:
-    """Latency per stage and training speed of one model."""
-    model = model_class(spec)(spec)
+def measure(specs: list[str], images: list[Path], args: argparse.Namespace, project: Path) -> list[dict]:
+    """Latency per stage of every model (side by side, taking turns on every image), then each one's training speed."""
+    models = {spec: model_class(spec)(spec) for spec in specs}
     kwargs = dict(repeats=args.repeats, device=args.device, conf=args.conf, rect=False)  # rect=False: same square input
-    latency = inference_latency(model, images, args.imgsz, **kwargs)
-    return {"model": spec, **latency, "train_img_s": train_speed(spec, args, project)}
+    latency = inference_latency(models, images, args.imgsz, **kwargs)
+    return [{"model": spec, **latency[spec], "train_img_s": train_speed(spec, args, project)} for spec in specs]
 
 
 def print_table(rows: list[dict]) -> None:
@@ -78,7 +79,7 @@ def main() -> None:
     val = Path(data["val"])
     images = sorted(p for p in (val.rglob("*") if val.is_dir() else []) if p.suffix.lower() in {".jpg", ".png"})
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [measure(spec, images[: args.images], args, Path(tmp)) for spec in args.models]
+        rows = measure(args.models, images[: args.images], args, Path(tmp))
     print_table(rows)
 
 

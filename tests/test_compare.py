@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import cv2
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from ultralytics.utils import YAML
 from ultra_solo.compare import compare
 from ultra_solo.compare.args import ArgumentMismatchError, check_same_args
 from ultra_solo.compare.cocoeval import coco_metrics, ground_truth
+from ultra_solo.compare.speed import inference_latency
 
 from .conftest import NO_AUGMENT
 
@@ -33,6 +36,27 @@ def test_identity_check_names_the_differing_key(tmp_path):
 def compared(coco8, tmp_path_factory):
     project = tmp_path_factory.mktemp("compare")
     return compare(data=str(coco8), models="yolo11n-seg.yaml,yolo11n-solo.yaml", project=project, **TINY)
+
+
+class StageClock:
+    """A stand-in model whose predict stages take the times it is given and which logs every call."""
+
+    def __init__(self, name: str, log: list, times: list[float]):
+        self.name, self.log, self.times = name, log, iter(times)
+
+    def predict(self, image, **kwargs):
+        self.log.append((self.name, image))
+        t = next(self.times)
+        return [SimpleNamespace(speed={"preprocess": 1.0, "inference": t, "postprocess": 2.0})]
+
+
+def test_models_take_turns_on_every_image():
+    log = []
+    models = {"a": StageClock("a", log, [0, 10, 20, 30, 40]), "b": StageClock("b", log, [0, 1, 2, 3, 100])}
+    latency = inference_latency(models, ["x.jpg", "y.jpg"], imgsz=64, repeats=2)
+    assert log[2:] == [(m, i) for _ in range(2) for i in ("x.jpg", "y.jpg") for m in ("a", "b")]  # after warm-ups
+    assert latency["a"] == {"preprocess": 1.0, "inference": 25.0, "postprocess": 2.0, "total": 28.0}
+    assert latency["b"]["inference"] == 2.5 and latency["b"]["total"] == 5.5  # median: one slow pass does not count
 
 
 def test_report_summary_curves_and_picture(compared):

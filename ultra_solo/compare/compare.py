@@ -112,21 +112,18 @@ def started_from(trainer) -> str:
     return f"checkpoint {checkpoint}" if checkpoint else "scratch"
 
 
-def evaluate(run: Run, val_args: dict, gt: dict | None, images: list[Path]) -> dict:
-    """Score a run's best.pt with the shared validator settings; add size, speed and training time."""
-    model = run.cls(run.best)
+def evaluate(run: Run, model, val_args: dict, gt: dict | None) -> dict:
+    """Score a run's best.pt (`model`) with the shared validator settings; add size and training time."""
     validator = model._smart_load("validator")
     metrics = model.val(validator=with_coco_predictions(validator) if gt else validator, name=run.name, **val_args)
     row = {"model": run.spec, "weights": run.weights(), **metrics.results_dict}
     if gt:
         row |= coco_metrics_from_file(gt, metrics.save_dir / "predictions.json")
     _, params, _, flops = model.info(imgsz=val_args["imgsz"])
-    latency = inference_latency(model, images, val_args["imgsz"], device=val_args.get("device"))
     results = (run.dir / "results.csv").read_text().splitlines()
     hours = float(results[-1].split(",")[results[0].split(",").index("time")]) / 3600
     train_img_s = TrainSpeed.images_per_second(run.dir / "speed.json")
-    size = {"params_M": params / 1e6, "GFLOPs": flops}
-    return {**row, **size, "latency_ms": latency["total"], "train_img_s": train_img_s, "train_hours": hours}
+    return {**row, "params_M": params / 1e6, "GFLOPs": flops, "train_img_s": train_img_s, "train_hours": hours}
 
 
 def check_arguments(runs: list[Run], train_args: dict) -> dict:
@@ -187,20 +184,23 @@ def compare(
     val_set = YOLODataset(img_path=data_dict["val"], data=data_dict, task="segment", augment=False)
     gt = ground_truth(val_set, data_dict["names"]) if cocoeval else None
     images = sorted(Path(f) for f in val_set.im_files)[:latency_images]
-    rows = [evaluate(run, val_args, gt, images) for run in runs]
+    models = {run.name: run.cls(run.best) for run in runs}
+    rows = [evaluate(run, models[run.name], val_args, gt) for run in runs]
+    predict = {"imgsz": val_args["imgsz"], "device": val_args.get("device")}
+    latency = inference_latency(models, images, **predict)
+    rows = [{**row, "latency_ms": latency[run.name]["total"]} for row, run in zip(rows, runs)]
 
     write_summary(folder / "summary.csv", rows)
     plot_curves(folder / "curves.png", {run.name: run.dir / "results.csv" for run in runs})
     if picture_images:
         shown = sorted(val_set.labels, key=lambda label: label["im_file"])[:picture_images]
-        models = {run.name: run.cls(run.best) for run in runs}
-        predict = {"imgsz": val_args["imgsz"], "device": val_args.get("device")}
         write_predictions(folder / "predictions.jpg", models, shown, data_dict["names"], **predict)
     notes = {
         "keys compare sets": f"{SHARED_DEFAULTS} unless given (SOLO's trainer would default overlap_mask to False)",
         "keys a family must set differently to work": "none",
         "latency": f"median ms per image (preprocess + inference + postprocess), batch 1, imgsz {val_args['imgsz']},"
-        f" {len(images)} val images x 3 passes after a warm-up, predict defaults (conf 0.25)",
+        f" {len(images)} val images x 3 passes after a warm-up, the models taking turns on every image, predict"
+        " defaults (conf 0.25)",
         "train img/s": "training-loop images per second (no validation, no checkpointing), from this run's epochs",
         "training h": "wall time of the run from results.csv, including per-epoch validation",
         "weights": "what each model started from, as its trainer loaded it",

@@ -10,22 +10,35 @@ from pathlib import Path
 STAGES = ("preprocess", "inference", "postprocess")
 
 
-def inference_latency(model, images: list[Path], imgsz: int, repeats: int = 3, **kwargs) -> dict[str, float]:
-    """Median per-image latency (ms) of each predict stage and of their sum, after a warm-up pass.
+def inference_latency(models: dict, images: list[Path], imgsz: int, repeats: int = 3, **kwargs) -> dict[str, dict]:
+    """Median per-image latency (ms) of each predict stage and of their sum, for several models measured side by side.
+
+    The models take turns on every image (A, B, A, B, ...), so a machine that slows down or speeds up during the
+    measurement (other load, CPU steal, clock changes) affects every model alike and their ratios hold.
 
     Args:
-        model: A YOLO or SOLO model.
+        models (dict): YOLO or SOLO models by name.
         images (list[Path]): Images, predicted one at a time (batch 1), as a deployed model would.
         imgsz (int): Inference size.
         repeats (int): Timed passes over `images`.
         **kwargs: Further predict arguments (e.g. `device`).
 
     Returns:
-        (dict[str, float]): Median ms per image for each stage and for `total`.
+        (dict[str, dict]): For each model name, median ms per image for each stage and for `total`.
     """
     args = dict(imgsz=imgsz, batch=1, verbose=False, save=False, **kwargs)
-    model.predict(images[0], **args)  # warm-up: model setup, first-call allocations
-    speeds = [r.speed for _ in range(repeats) for image in images for r in model.predict(image, **args)]
+    for model in models.values():
+        model.predict(images[0], **args)  # warm-up: model setup, first-call allocations
+    speeds = {name: [] for name in models}
+    for _ in range(repeats):
+        for image in images:
+            for name, model in models.items():
+                speeds[name] += [r.speed for r in model.predict(image, **args)]
+    return {name: medians(x) for name, x in speeds.items()}
+
+
+def medians(speeds: list[dict[str, float]]) -> dict[str, float]:
+    """Median of each stage and of the per-image totals."""
     out = {s: statistics.median(x[s] for x in speeds) for s in STAGES}
     out["total"] = statistics.median(sum(x[s] for s in STAGES) for x in speeds)
     return out
