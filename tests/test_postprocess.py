@@ -16,6 +16,9 @@ from ultra_solo.models.solov2.postprocess import (
     detections,
     mask_boxes,
     matrix_nms,
+    upsample_masks,
+    upsample_probs,
+    upsampled_mask_boxes,
 )
 
 SETTINGS = DecodeSettings(num_grids=(4, 2), strides=(8, 16))  # R = 16 + 4 cells
@@ -130,6 +133,31 @@ def test_mask_boxes_match_torchvision():
     expected = torch.zeros(40, 4)
     expected[filled] = masks_to_boxes(masks[filled]) + torch.tensor([0.0, 0.0, 1.0, 1.0])
     assert torch.equal(mask_boxes(masks), expected)
+
+
+@pytest.mark.parametrize(
+    "where, size",
+    [
+        ((slice(5, 9), slice(3, 6)), (64, 96)),  # inside: only a window is upsampled
+        ((slice(0, 3), slice(20, 24)), (64, 96)),  # touching the top and right borders
+        ((slice(0, 16), slice(0, 24)), (64, 96)),  # everywhere
+        ((slice(5, 9), slice(3, 6)), (48, 72)),  # scale 3: not a power of two, everything is upsampled
+        ((slice(5, 9), slice(3, 6)), (50, 70)),  # not a multiple
+        ((slice(0, 0), slice(0, 0)), (64, 96)),  # no probability above the threshold
+    ],
+)
+def test_upsampled_masks_and_boxes_equal_upsampling_everything(where, size):
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(40, 16, 24, generator=gen) * 0.5  # 40 masks > one chunk of 32; all at most the threshold ...
+    probs[(slice(None), *where)] += torch.rand(40, 16, 24, generator=gen)[(slice(None), *where)]  # ... but here
+    probs[7] *= 0.5  # one mask with no probability above the threshold
+    probs[8] = 0.0
+    probs[8, 5, 5] = 0.51  # one whose only pixel above the threshold vanishes when upsampled
+    expected = upsample_probs(probs, size) > 0.5
+    assert torch.equal(upsample_masks(probs, size, 0.5), expected)
+    assert torch.equal(upsampled_mask_boxes(probs, size, 0.5), mask_boxes(expected))
+    assert upsample_masks(probs[:0], size, 0.5).shape == (0, *size)
+    assert upsampled_mask_boxes(probs[:0], size, 0.5).shape == (0, 4)
 
 
 def test_cell_tables_are_cached_normal_tensors():

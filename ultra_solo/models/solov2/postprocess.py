@@ -248,12 +248,68 @@ def upsample_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(probs[None], size, mode="bilinear", align_corners=False)[0]
 
 
+def windowable(probs: torch.Tensor, size: tuple[int, int]) -> int:
+    """The scale from mask features (n, h, w) to `size` if it is one power of two for both sides, else 0.
+
+    Then the bilinear upsampling of a window of the features, offset by whole pixels, has the very interpolation weights
+    of upsampling them all (exact scale), and every output pixel outside the window of rows and columns that hold a
+    probability above the threshold, one more on each side, interpolates values at or below it: `feature_windows`.
+    """
+    h, w = probs.shape[1:]
+    scale = size[0] // h
+    return scale if tuple(size) == (scale * h, scale * w) and scale & (scale - 1) == 0 else 0
+
+
+def feature_windows(probs: torch.Tensor, thr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per mask, the window of the mask features that upsampling needs to find its pixels above `thr` (`windowable`).
+
+    Returns:
+        (tuple): Windows (n, 4) as rows r0:r1 and columns c0:c1 (the rows and columns holding a probability above
+            `thr`, one more on each side), and (n,) whether the mask has any probability above `thr`.
+    """
+    h, w = probs.shape[1:]
+    x1, y1, x2, y2 = mask_boxes(probs > thr).long().unbind(1)
+    windows = torch.stack(((y1 - 1).clamp_min(0), (y2 + 1).clamp_max(h), (x1 - 1).clamp_min(0), (x2 + 1).clamp_max(w)))
+    return windows.T, x2 > 0
+
+
 def upsample_masks(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk: int = 32) -> torch.Tensor:
-    """Upsample mask probabilities (n, h, w) bilinearly to `size` and threshold them, `chunk` masks at a time."""
-    out = torch.zeros((len(probs), *size), dtype=torch.bool, device=probs.device)
-    for i in range(0, len(probs), chunk):
-        out[i : i + chunk] = upsample_probs(probs[i : i + chunk], size) > thr
+    """Upsample mask probabilities (n, h, w) bilinearly to `size` and threshold them, `chunk` masks at a time.
+
+    Where `windowable`, only the window that holds every mask's pixels is upsampled; the masks are the same.
+    """
+    n, h, w = probs.shape
+    out = torch.zeros((n, *size), dtype=torch.bool, device=probs.device)
+    r0, r1, c0, c1 = 0, h, 0, w  # window of the mask features
+    if n and windowable(probs, size):
+        windows, filled = feature_windows(probs, thr)
+        if not filled.any():
+            return out
+        r0, c0 = windows[filled][:, [0, 2]].amin(0).tolist()
+        r1, c1 = windows[filled][:, [1, 3]].amax(0).tolist()
+    y0, y1, x0, x1 = r0 * size[0] // h, r1 * size[0] // h, c0 * size[1] // w, c1 * size[1] // w
+    crop = probs[:, r0:r1, c0:c1]
+    for i in range(0, n, chunk):
+        out[i : i + chunk, y0:y1, x0:x1] = upsample_probs(crop[i : i + chunk], (y1 - y0, x1 - x0)) > thr
     return out
+
+
+def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float) -> torch.Tensor:
+    """`mask_boxes(upsample_masks(probs, size, thr))`, (n, 4), upsampling each mask's own window only (`windowable`).
+
+    Validation boxes up to 300 masks per image, most of them small: their windows hold a few percent of the pixels.
+    """
+    scale = windowable(probs, size)
+    if not scale:
+        return mask_boxes(upsample_masks(probs, size, thr))
+    boxes = probs.new_zeros((len(probs), 4))
+    windows, filled = feature_windows(probs, thr)
+    for i in filled.nonzero().view(-1).tolist():
+        r0, r1, c0, c1 = windows[i].tolist()
+        up = upsample_probs(probs[i : i + 1, r0:r1, c0:c1], ((r1 - r0) * scale, (c1 - c0) * scale)) > thr
+        box = mask_boxes(up)[0]
+        boxes[i] = (box + box.new_tensor([c0, r0, c0, r0]) * scale) * (box[2] > 0)  # empty once upsampled: zeros
+    return boxes
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:

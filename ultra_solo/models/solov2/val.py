@@ -9,7 +9,7 @@ from ultralytics.utils import ops
 from ultra_solo.utils.labels import naming_non_polygon_rows
 
 from .network import solo_config
-from .postprocess import DecodeSettings, detections, mask_boxes, upsample_masks
+from .postprocess import DecodeSettings, detections, mask_boxes, upsample_masks, upsampled_mask_boxes
 
 
 class SOLOValidator(SegmentationValidator):
@@ -51,7 +51,11 @@ class SOLOValidator(SegmentationValidator):
         out = []
         for probs, conf, cls in detections(preds, self.decode, self.args.conf, self.args.max_det, agnostic=agnostic):
             size = [4 * x for x in probs.shape[1:]]  # input size: masks are at the mask-feature stride 4
-            full = upsample_masks(probs, size, self.decode.mask_thr)  # (n, H, W)
-            masks = full if native else probs > self.decode.mask_thr
-            out.append({"bboxes": mask_boxes(full), "conf": conf, "cls": cls.float(), "masks": masks})
+            if native:
+                masks = upsample_masks(probs, size, self.decode.mask_thr)  # (n, H, W)
+                boxes = mask_boxes(masks)
+            else:
+                masks = probs > self.decode.mask_thr  # (n, H/4, W/4)
+                boxes = upsampled_mask_boxes(probs, size, self.decode.mask_thr)  # boxes of the (n, H, W) masks
+            out.append({"bboxes": boxes, "conf": conf, "cls": cls.float(), "masks": masks})
         return out
