@@ -304,8 +304,7 @@ def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float)
         return mask_boxes(upsample_masks(probs, size, thr))
     boxes = probs.new_zeros((len(probs), 4))
     windows, filled = feature_windows(probs, thr)
-    for i in filled.nonzero().view(-1).tolist():
-        r0, r1, c0, c1 = windows[i].tolist()
+    for i, (r0, r1, c0, c1) in zip(filled.nonzero().view(-1).tolist(), windows[filled].tolist()):
         up = upsample_probs(probs[i : i + 1, r0:r1, c0:c1], ((r1 - r0) * scale, (c1 - c0) * scale)) > thr
         box = mask_boxes(up)[0]
         boxes[i] = (box + box.new_tensor([c0, r0, c0, r0]) * scale) * (box[2] > 0)  # empty once upsampled: zeros
@@ -316,7 +315,7 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Return xyxy boxes (n, 4) enclosing binary masks (n, H, W), edges on pixel borders; zeros for empty masks.
 
     Reduces uint8 views with `amax`, not `torchvision.ops.masks_to_boxes`: its boolean `any` reductions are 5-10x slower
-    on CPU, and validation boxes up to 300 full-size masks per image.
+    on CPU, and every prediction's box comes from its mask.
     """
     m = masks.view(torch.uint8) if masks.dtype == torch.bool else (masks != 0).to(torch.uint8)
     rows, cols = m.amax(2), m.amax(1)  # (n, H), (n, W): 1 where the row / column holds a mask pixel
