@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,6 +118,7 @@ def test_bad_weights_file_is_refused(tmp_path):
         model.load_pretrained_backbone(wrong)
 
 
+ABLATION = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation"
 YOLO_SOLO = {"yolo11": "11/yolo11-seg.yaml", "yolo26": "26/yolo26-seg.yaml"}  # family -> Ultralytics' seg YAML
 
 
@@ -143,12 +145,26 @@ def test_every_yolo_solo_scale_builds_on_the_seg_trunk(family):
         h = model.model[-1]
         assert h.f == [16, 19, 22] and h.num_grids == [40, 20, 10]
         branch = h.grid_branches[0]
-        assert len(branch.cls_tower) == values["stacked"] and branch.cls_tower[0].conv.out_channels == values["head"]
+        assert len(branch.cls_tower) == values["stacked"] == len(branch.kernel_tower)
+        assert branch.kernel_tower[0].conv.out_channels == values["head"]
+        depthwise, pointwise = branch.cls_tower[0]  # depthwise-separable category tower, as YOLO11's class branch
+        c_in = branch.kernel_tower[0].conv.in_channels - 2  # the kernel tower also reads 2 CoordConv channels
+        assert depthwise.conv.groups == depthwise.conv.out_channels == c_in and depthwise.conv.kernel_size == (3, 3)
+        assert pointwise.conv.kernel_size == (1, 1) and pointwise.conv.out_channels == values["head"]
         assert h.mask_branch.out.conv.out_channels == values["kernel"]  # E mask features
         assert branch.kernel_pred.out_channels == values["kernel"] + 2  # E weights + 2 for the cell-offset channels
         assert h.mask_branch.fuse.conv.out_channels == values["mask"] and branch.cls_pred.out_channels == 5
         params.append(sum(p.numel() for p in model.parameters()))
     assert params == sorted(params)
+
+
+def test_category_towers_are_full_convolutions_without_depthwise_cls():
+    model = SOLOv2Model(ABLATION / "yolo11n-solo-conv-cls.yaml", nc=5, verbose=False)
+    for branch in model.model[-1].grid_branches:
+        assert all(conv.conv.kernel_size == (3, 3) and conv.conv.groups == 1 for conv in branch.cls_tower)
+    assert sum(p.numel() for p in model.parameters()) > sum(
+        p.numel() for p in SOLOv2Model("yolo11n-solo.yaml", nc=5, verbose=False).parameters()
+    )
 
 
 def test_yolo_seg_checkpoint_fills_the_trunk(tmp_path, caplog):

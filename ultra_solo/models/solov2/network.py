@@ -82,7 +82,7 @@ class SOLOv2Model(BaseModel):
         if strides not in HEADS[name].in_strides:
             raise ValueError(f"{name} inputs {f} have strides {strides}; they must be one of {HEADS[name].in_strides}")
         solo = self.yaml["solo"]
-        extra = {"offsets": True} if solo.get("offsets") else {}  # only heads made for it take the offset channels
+        extra = {k: True for k in ("offsets", "depthwise_cls") if solo.get(k)}  # only heads made for them take these
         head = HEADS[name]([x.shape[1] for x in feats], *args, num_grids=solo["num_grids"], **extra)
         head.i, head.f, head.type = len(self.model), f, name
         head.np = sum(p.numel() for p in head.parameters())

@@ -119,13 +119,21 @@ def matrix_nms(masks: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, k
     Returns:
         (torch.Tensor): (..., n) decay coefficients in (0, 1].
     """
-    n = masks.shape[-2]
+    masks = masks.float()
+    return overlap_decay(masks @ masks.transpose(-1, -2), labels, areas, kernel, sigma)
+
+
+def overlap_decay(inter: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, kernel="gaussian", sigma=2.0):
+    """`matrix_nms` from the masks' pairwise intersections (..., n, n) (pixel counts), masks sorted by descending score.
+
+    Decoding computes the intersections before it sorts and sorts their rows and columns: n x n values, not n masks.
+    """
+    n = inter.shape[-1]
     if n == 0:
         return areas.new_ones(areas.shape, dtype=torch.float32)
-    masks, areas = masks.float(), areas.float()
-    inter = masks @ masks.transpose(-1, -2)  # (..., n, n)
+    inter, areas = inter.float(), areas.float()
     iou = inter / (areas[..., :, None] + areas[..., None, :] - inter).clamp_min(1)
-    order = torch.arange(n, device=masks.device)
+    order = torch.arange(n, device=inter.device)
     same = labels[..., :, None] == labels[..., None, :]
     iou = iou * ((order[:, None] < order[None, :]) & same)  # (..., n, n): only k above j, same class
     own = iou.max(-2).values  # (..., n) c_k
@@ -184,10 +192,13 @@ def decode(
     area = masks.sum(2)  # (B, K)
     kept = (score > conf) & (area > settings.cell_strides(scores.device)[cell])
     score = torch.where(kept, score * (probs * masks).sum(2) / area.clamp_min(1), 0.0)  # maskness
+    inter = masks @ masks.transpose(1, 2)  # (B, K, K) intersections, in candidate order
     score, order = score.sort(1, descending=True)
-    masks, area, cls = masks.gather(1, order[..., None].expand_as(masks)), area.gather(1, order), cls.gather(1, order)
+    rows = inter.gather(1, order[..., None].expand_as(inter))
+    inter = rows.gather(2, order[:, None].expand_as(inter))  # (B, K, K) in score order
+    area, cls = area.gather(1, order), cls.gather(1, order)
     labels = torch.zeros_like(cls) if agnostic else cls  # one class for Matrix NMS: every mask decays every other
-    score = score * matrix_nms(masks, labels, area, settings.kernel, settings.sigma)
+    score = score * overlap_decay(inter, labels, area, settings.kernel, settings.sigma)
     score = torch.where(score >= conf, score, 0.0)
     score, top = score.topk(min(max_det, k))  # (B, D), indices into the sorted candidates
     unsorted = order.gather(1, top)  # (B, D) the same candidates before sorting, as `probs` holds them
@@ -233,11 +244,12 @@ def detections(
             decoded.append([t[0] for t in image])
     out = []
     for score, cls, probs in decoded:
-        keep = ((score > 0) & (score >= min_score)).nonzero().view(-1)
-        if classes is not None:  # end2end graphs decode every class
-            keep = keep[torch.isin(cls[keep].long(), torch.tensor(classes, device=cls.device))]
-        keep = keep[:max_det]
-        out.append((probs[keep], score[keep], cls[keep].long()))
+        n = int(((score > 0) & (score >= min_score)).sum())  # scores descend: the detections kept come first
+        probs, score, cls = probs[:n], score[:n], cls[:n].long()  # views, no copies
+        if classes is not None and settings.end2end:  # end2end graphs decode every class
+            keep = torch.isin(cls, torch.tensor(classes, device=cls.device))
+            probs, score, cls = probs[keep], score[keep], cls[keep]
+        out.append((probs[:max_det], score[:max_det], cls[:max_det]))
     return out
 
 
@@ -282,11 +294,10 @@ def upsample_masks(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk
     out = torch.zeros((n, *size), dtype=torch.bool, device=probs.device)
     r0, r1, c0, c1 = 0, h, 0, w  # window of the mask features
     if n and windowable(probs, size):
-        windows, filled = feature_windows(probs, thr)
-        if not filled.any():
+        window, filled = feature_windows(probs.amax(0, keepdim=True), thr)  # of the pixels any mask holds
+        if not filled[0]:
             return out
-        r0, c0 = windows[filled][:, [0, 2]].amin(0).tolist()
-        r1, c1 = windows[filled][:, [1, 3]].amax(0).tolist()
+        r0, r1, c0, c1 = window[0].tolist()
     y0, y1, x0, x1 = r0 * size[0] // h, r1 * size[0] // h, c0 * size[1] // w, c1 * size[1] // w
     crop = probs[:, r0:r1, c0:c1]
     for i in range(0, n, chunk):
