@@ -14,8 +14,9 @@ from ultralytics.utils import YAML
 from ultra_solo import SOLO
 from ultra_solo.models.solov2 import backbone
 from ultra_solo.models.solov2.cfg import find_model_yaml, load_model_yaml
-from ultra_solo.models.solov2.head import to_grid
+from ultra_solo.models.solov2.head import to_grid, with_coords
 from ultra_solo.models.solov2.network import SOLOv2Model
+from ultra_solo.models.solov2.pan_head import conv_with_coords
 
 WIDTHS = {  # scale: backbone, FPN, head, stacked convs, mask features mid, out
     "n": ("resnet18", 128, 256, 2, 64, 128),
@@ -62,6 +63,31 @@ def test_grid_resize_is_skipped_only_where_it_is_identity():
     assert to_grid(x, 5).shape == (1, 4, 5, 5)
     traced = torch.jit.trace(lambda t: to_grid(t, 10), x)  # an export traced at the grid's size ...
     assert traced(torch.rand(1, 4, 20, 20)).shape == (1, 4, 10, 10)  # ... still resizes other sizes
+
+
+def test_conv_with_coords_is_the_conv_over_concatenated_coordinates():
+    from ultralytics.nn.modules import Conv
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    layer = Conv(6 + 2, 5, 3)
+    torch.nn.init.normal_(layer.bn.running_mean)
+    x = torch.rand(2, 6, 12, 10)
+    assert torch.equal(conv_with_coords(layer, x), layer(with_coords(x)))  # training: the conv itself
+    layer.eval()
+    with torch.inference_mode():  # split conv, coordinate term cached per size and weights
+        for size in ((12, 10), (8, 8), (12, 10)):
+            x = torch.rand(2, 6, *size)
+            torch.testing.assert_close(conv_with_coords(layer, x), layer(with_coords(x)))
+    with torch.no_grad():  # a term cached in inference mode serves a no-grad pass; new weights refresh it
+        torch.testing.assert_close(conv_with_coords(layer, x), layer(with_coords(x)))
+        layer.conv.weight.mul_(-2)
+        torch.testing.assert_close(conv_with_coords(layer, x), layer(with_coords(x)))
+        layer.conv = fuse_conv_and_bn(layer.conv, layer.bn)  # what model.fuse() does
+        del layer.bn
+        layer.forward = layer.forward_fuse
+        torch.testing.assert_close(conv_with_coords(layer, x), layer(with_coords(x)))
+    x = torch.rand(2, 6, 12, 10, requires_grad=True)  # autograd: the conv itself
+    assert torch.equal(conv_with_coords(layer, x), layer(with_coords(x)))
 
 
 def test_names_resolve_from_any_folder(tmp_path, monkeypatch):
