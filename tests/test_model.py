@@ -78,16 +78,17 @@ def test_conv_with_coords_is_the_conv_over_concatenated_coordinates():
         for size in ((12, 10), (8, 8), (12, 10)):
             x = torch.rand(2, 6, *size)
             torch.testing.assert_close(conv_with_coords(layer, x), layer(with_coords(x)))
-    with torch.no_grad():  # a term cached in inference mode serves a no-grad pass; new weights refresh it
-        torch.testing.assert_close(conv_with_coords(layer, x), layer(with_coords(x)))
+    with torch.no_grad():  # new weights, then fused ones, refresh the term
         layer.conv.weight.mul_(-2)
+    with torch.inference_mode():
         torch.testing.assert_close(conv_with_coords(layer, x), layer(with_coords(x)))
         layer.conv = fuse_conv_and_bn(layer.conv, layer.bn)  # what model.fuse() does
         del layer.bn
         layer.forward = layer.forward_fuse
         torch.testing.assert_close(conv_with_coords(layer, x), layer(with_coords(x)))
-    x = torch.rand(2, 6, 12, 10, requires_grad=True)  # autograd: the conv itself
-    assert torch.equal(conv_with_coords(layer, x), layer(with_coords(x)))
+    x = torch.rand(2, 6, 12, 10)
+    with torch.no_grad():  # outside inference mode (FLOPs counting, autograd): the conv itself
+        assert torch.equal(conv_with_coords(layer, x), layer(with_coords(x)))
 
 
 def test_names_resolve_from_any_folder(tmp_path, monkeypatch):

@@ -32,15 +32,16 @@ _COORD_TERMS = weakref.WeakKeyDictionary()  # Conv -> (key, feature weights, coo
 def conv_with_coords(layer: Conv, x: torch.Tensor) -> torch.Tensor:
     """`layer(with_coords(x))` for a Conv over x's C channels and 2 CoordConv channels, (B, C, h, w) -> (B, C2, h, w).
 
-    Inference without autograd (and not traced) splits the convolution: x convolved with the first C input channels'
-    weights plus the CoordConv channels' share, a constant map per input size computed once per size and weights (a
-    conv over C + 2 channels costs about a quarter more than one over C = 64 on CPU). Same values up to float rounding.
+    In inference mode (Ultralytics' predictor and validator; not traced, not FLOPs counting) the convolution is split: x
+    convolved with the first C input channels' weights plus the CoordConv channels' share, a constant map per input size
+    computed once per size and weights (a conv over C + 2 channels costs about a quarter more than one over C = 64 on
+    CPU). Same values up to float rounding. Weights made in inference mode carry no version: they are not updated.
     """
-    if layer.training or torch.is_grad_enabled() or torch.jit.is_tracing():
+    if layer.training or not torch.is_inference_mode_enabled() or torch.jit.is_tracing():
         return layer(with_coords(x))
     conv, c = layer.conv, x.shape[1]
     w = conv.weight
-    key = (x.shape[2:], x.dtype, x.device, w.data_ptr(), w._version)
+    key = (x.shape[2:], x.dtype, x.device, w.data_ptr(), 0 if w.is_inference() else w._version)
     cached = _COORD_TERMS.get(layer)
     if cached is None or cached[0] != key:
         coords = coord_features(x[:1])  # (1, 2, h, w)
