@@ -79,6 +79,29 @@ def _cell_geometry(num_grids: tuple[int, ...], device: torch.device) -> torch.Te
         return torch.cat(levels)
 
 
+def above(x: torch.Tensor, thr: float) -> torch.Tensor:
+    """`x > thr` as 0/1 values of x's dtype; `.bool()` of it is the bool mask.
+
+    On CPU a comparison into x's own dtype is several times faster than one into bool, and so is casting floats to bool
+    rather than bool to floats (this project's 2-core machine, 128k floats: 27 us vs 190-230 us for `x > thr` and 190 us
+    more for `.float()`). Traced graphs compare as usual.
+    """
+    if torch.jit.is_tracing():
+        return (x > thr).to(x.dtype)
+    return torch.gt(x, thr, out=torch.empty_like(x))
+
+
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `x[b, index[b]]` of every image b: (B, K, ...) and (B, D) -> (B, D, ...).
+
+    One `index_select` over the flattened batch: on CPU several times faster than `gather` with an expanded index
+    (1 x 20 x 6400 floats: 33 us vs 360 us).
+    """
+    b, k = x.shape[:2]
+    flat = (index + torch.arange(b, device=index.device)[:, None] * k).flatten()  # (B * D,)
+    return x.flatten(0, 1).index_select(0, flat).view(b, index.shape[1], *x.shape[2:])
+
+
 def offset_logits(weights: torch.Tensor, geometry: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """The cell-offset terms of mask logits: a * |x - cx| * S + b * |y - cy| * S at every mask pixel (x, y).
 
@@ -182,13 +205,13 @@ def decode(
     k = min(settings.nms_pre, scores.shape[1] * nc, settings.nms_pre if k is None else k)
     score, index = scores.flatten(1).topk(k)  # (B, K)
     cell, cls = index // nc, index % nc
-    kernels = kernels.gather(1, cell[..., None].expand(-1, -1, kernels.shape[2]))  # (B, K, E [+ 2])
+    kernels = take_rows(kernels, cell)  # (B, K, E [+ 2])
     logits = kernels[..., :e] @ mask_feats.flatten(2)  # (B, K, h*w)
     if settings.offsets:
         geometry = cell_geometry(settings.num_grids, scores.device)[cell]  # (B, K, 3)
         logits = logits + offset_logits(kernels[..., e:], geometry, *mask_feats.shape[2:]).flatten(2)
     probs = logits.sigmoid()
-    masks = (probs > settings.mask_thr).float()
+    masks = above(probs, settings.mask_thr)  # (B, K, h*w) 0/1
     area = masks.sum(2)  # (B, K)
     kept = (score > conf) & (area > settings.cell_strides(scores.device)[cell])
     score = torch.where(kept, score * (probs * masks).sum(2) / area.clamp_min(1), 0.0)  # maskness
@@ -202,7 +225,7 @@ def decode(
     score = torch.where(score >= conf, score, 0.0)
     score, top = score.topk(min(max_det, k))  # (B, D), indices into the sorted candidates
     unsorted = order.gather(1, top)  # (B, D) the same candidates before sorting, as `probs` holds them
-    probs = probs.gather(1, unsorted[..., None].expand(-1, -1, probs.shape[2]))  # (B, D, h*w)
+    probs = take_rows(probs, unsorted)  # (B, D, h*w)
     probs = probs.view(probs.shape[0], probs.shape[1], mask_feats.shape[2], mask_feats.shape[3])  # dynamic in graphs
     return score, cls.gather(1, top), probs
 
@@ -280,7 +303,7 @@ def feature_windows(probs: torch.Tensor, thr: float) -> tuple[torch.Tensor, torc
             `thr`, one more on each side), and (n,) whether the mask has any probability above `thr`.
     """
     h, w = probs.shape[1:]
-    x1, y1, x2, y2 = mask_boxes(probs > thr).long().unbind(1)
+    x1, y1, x2, y2 = mask_boxes(above(probs, thr).bool()).long().unbind(1)
     windows = torch.stack(((y1 - 1).clamp_min(0), (y2 + 1).clamp_max(h), (x1 - 1).clamp_min(0), (x2 + 1).clamp_max(w)))
     return windows.T, x2 > 0
 
@@ -301,7 +324,7 @@ def upsample_masks(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk
     y0, y1, x0, x1 = r0 * size[0] // h, r1 * size[0] // h, c0 * size[1] // w, c1 * size[1] // w
     crop = probs[:, r0:r1, c0:c1]
     for i in range(0, n, chunk):
-        out[i : i + chunk, y0:y1, x0:x1] = upsample_probs(crop[i : i + chunk], (y1 - y0, x1 - x0)) > thr
+        out[i : i + chunk, y0:y1, x0:x1] = above(upsample_probs(crop[i : i + chunk], (y1 - y0, x1 - x0)), thr).bool()
     return out
 
 
@@ -316,7 +339,7 @@ def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float)
     boxes = probs.new_zeros((len(probs), 4))
     windows, filled = feature_windows(probs, thr)
     for i, (r0, r1, c0, c1) in zip(filled.nonzero().view(-1).tolist(), windows[filled].tolist()):
-        up = upsample_probs(probs[i : i + 1, r0:r1, c0:c1], ((r1 - r0) * scale, (c1 - c0) * scale)) > thr
+        up = above(upsample_probs(probs[i : i + 1, r0:r1, c0:c1], ((r1 - r0) * scale, (c1 - c0) * scale)), thr).bool()
         box = mask_boxes(up)[0]
         boxes[i] = (box + box.new_tensor([c0, r0, c0, r0]) * scale) * (box[2] > 0)  # empty once upsampled: zeros
     return boxes
