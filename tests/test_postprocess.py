@@ -160,6 +160,16 @@ def test_upsampled_masks_and_boxes_equal_upsampling_everything(where, size):
     assert upsampled_mask_boxes(probs[:0], size, 0.5).shape == (0, 4)
 
 
+@pytest.mark.parametrize("size", [(80, 120), (40, 60)])
+def test_boxes_of_masks_with_windows_of_every_size_equal_upsampling_everything(size):
+    gen = torch.Generator().manual_seed(1)
+    probs = torch.rand(100, 20, 30, generator=gen) * 0.5  # 100 masks: several chunks of windows of different sizes
+    for mask, (y, x, h, w) in zip(probs, torch.randint(0, 30, (100, 4), generator=gen).tolist()):
+        mask[y % 20 : y % 20 + h % 20 + 1, x : x + w + 1] += 0.6  # a rectangle of its own size, clipped at the borders
+    probs[::7] *= 0.5  # and masks with no probability above the threshold
+    assert torch.equal(upsampled_mask_boxes(probs, size, 0.5), mask_boxes(upsample_probs(probs, size) > 0.5))
+
+
 def test_cell_tables_are_cached_normal_tensors():
     settings = DecodeSettings(num_grids=(3, 1), strides=(7, 21))  # grids no other test uses: built here first
     with torch.inference_mode():  # first built while validating ...

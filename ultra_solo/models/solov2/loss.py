@@ -20,7 +20,7 @@ from ultralytics.utils import LOGGER, ops
 from ultra_solo.utils.masks import instance_masks, resize_masks
 
 from .head import flatten_levels, raw_outputs
-from .postprocess import cell_geometry, offset_logits
+from .postprocess import add_cell_offsets, cell_geometry
 from .targets import assign_targets
 
 
@@ -122,7 +122,7 @@ class SOLOv2Loss:
                 logits = dynamic_masks(kernels[..., :e], mask_feats, pos)  # (P, h, w)
                 if self.offsets:
                     geometry = cell_geometry(self.num_grids, logits.device)[pos.nonzero()[:, 1]]  # (P, 3)
-                    logits = logits + offset_logits(kernels[pos][:, e:], geometry, *logits.shape[1:])
+                    logits = add_cell_offsets(logits, kernels[pos][:, e:], geometry)
                 mask_loss = dice_loss(logits.sigmoid(), gt_masks[inst]).mean() * self.mask_weight
             else:  # keep every parameter in the graph (DDP) with a zero mask loss
                 mask_loss = (kernels.sum() + mask_feats.sum()) * 0.0

@@ -145,7 +145,7 @@ class SOLOPANHead(SOLOHead):
             c_mask (int): Mask-branch channels.
             kernel_size (int): Dynamic kernel size E = mask-feature channels.
             num_grids (list[int]): Grid size S of each level (P3, P4, P5).
-            offsets (bool): Kernels get two more weights, for the cell-offset channels (`postprocess.offset_logits`).
+            offsets (bool): Kernels get two more weights, for the cell-offset channels (`postprocess.add_cell_offsets`).
             depthwise_cls (bool): Depthwise-separable category towers (`GridBranch`).
         """
         super().__init__()

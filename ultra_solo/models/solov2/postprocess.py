@@ -37,7 +37,7 @@ class DecodeSettings:
     kernel: str = "gaussian"
     sigma: float = 2.0
     filter_thr: float = 0.05
-    offsets: bool = False  # kernels end with two weights for the cell-offset channels (`offset_logits`)
+    offsets: bool = False  # kernels end with two weights for the cell-offset terms (`add_cell_offsets`)
     end2end: bool = False  # outputs are an end2end export's decoded detections, not dense outputs
 
     @classmethod
@@ -102,27 +102,28 @@ def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.flatten(0, 1).index_select(0, flat).view(b, index.shape[1], *x.shape[2:])
 
 
-def offset_logits(weights: torch.Tensor, geometry: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """The cell-offset terms of mask logits: a * |x - cx| * S + b * |y - cy| * S at every mask pixel (x, y).
+def add_cell_offsets(logits: torch.Tensor, weights: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
+    """Mask logits (..., h, w) plus their cell-offset terms a * |x - cx| * S + b * |y - cy| * S at every pixel (x, y).
 
     The last two kernel weights (a, b) of a cell, applied to its distance in cells from every pixel: with negative
     weights the mask fades away from its cell, a box-free locality prior (CondInst gives its mask heads relative
-    coordinates for the same reason); zero weights leave SOLOv2's dynamic convolution unchanged.
+    coordinates for the same reason); zero weights leave SOLOv2's dynamic convolution unchanged. The x and y terms are
+    added one after the other: each broadcasts a row or a column, with no (..., h, w) tensor of terms in between.
 
     Args:
+        logits (torch.Tensor): (..., h, w) mask logits of the dynamic convolution.
         weights (torch.Tensor): (..., 2) weights (a, b).
         geometry (torch.Tensor): (..., 3) the cells' `cell_geometry`.
-        h (int): Mask height.
-        w (int): Mask width.
 
     Returns:
-        (torch.Tensor): (..., h, w) logit terms.
+        (torch.Tensor): (..., h, w) logits.
     """
+    h, w = logits.shape[-2:]
     xs = (torch.arange(w, device=weights.device, dtype=weights.dtype) + 0.5) / w  # (w,)
     ys = (torch.arange(h, device=weights.device, dtype=weights.dtype) + 0.5) / h  # (h,)
     dx = (xs - geometry[..., 0:1]).abs() * geometry[..., 2:3]  # (..., w) distance in cells
     dy = (ys - geometry[..., 1:2]).abs() * geometry[..., 2:3]  # (..., h)
-    return weights[..., 0:1, None] * dx[..., None, :] + weights[..., 1:2, None] * dy[..., :, None]
+    return logits + (weights[..., 0:1] * dx)[..., None, :] + (weights[..., 1:2] * dy)[..., :, None]
 
 
 def matrix_nms(masks: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, kernel="gaussian", sigma=2.0):
@@ -209,7 +210,8 @@ def decode(
     logits = kernels[..., :e] @ mask_feats.flatten(2)  # (B, K, h*w)
     if settings.offsets:
         geometry = cell_geometry(settings.num_grids, scores.device)[cell]  # (B, K, 3)
-        logits = logits + offset_logits(kernels[..., e:], geometry, *mask_feats.shape[2:]).flatten(2)
+        logits = logits.view(logits.shape[0], logits.shape[1], mask_feats.shape[2], mask_feats.shape[3])
+        logits = add_cell_offsets(logits, kernels[..., e:], geometry).flatten(2)
     probs = logits.sigmoid()
     masks = above(probs, settings.mask_thr)  # (B, K, h*w) 0/1
     area = masks.sum(2)  # (B, K)
@@ -303,7 +305,7 @@ def feature_windows(probs: torch.Tensor, thr: float) -> tuple[torch.Tensor, torc
             `thr`, one more on each side), and (n,) whether the mask has any probability above `thr`.
     """
     h, w = probs.shape[1:]
-    x1, y1, x2, y2 = mask_boxes(above(probs, thr).bool()).long().unbind(1)
+    x1, y1, x2, y2 = boxes_above(probs, thr).long().unbind(1)
     windows = torch.stack(((y1 - 1).clamp_min(0), (y2 + 1).clamp_max(h), (x1 - 1).clamp_min(0), (x2 + 1).clamp_max(w)))
     return windows.T, x2 > 0
 
@@ -328,21 +330,43 @@ def upsample_masks(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk
     return out
 
 
-def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float) -> torch.Tensor:
+def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk: int = 32) -> torch.Tensor:
     """`mask_boxes(upsample_masks(probs, size, thr))`, (n, 4), upsampling each mask's own window only (`windowable`).
 
     Validation boxes up to 300 masks per image, most of them small: their windows hold a few percent of the pixels.
+    Masks are taken in order of window area, `chunk` at a time (`window_boxes`).
     """
     scale = windowable(probs, size)
     if not scale:
         return mask_boxes(upsample_masks(probs, size, thr))
     boxes = probs.new_zeros((len(probs), 4))
     windows, filled = feature_windows(probs, thr)
-    for i, (r0, r1, c0, c1) in zip(filled.nonzero().view(-1).tolist(), windows[filled].tolist()):
-        up = above(upsample_probs(probs[i : i + 1, r0:r1, c0:c1], ((r1 - r0) * scale, (c1 - c0) * scale)), thr).bool()
-        box = mask_boxes(up)[0]
-        boxes[i] = (box + box.new_tensor([c0, r0, c0, r0]) * scale) * (box[2] > 0)  # empty once upsampled: zeros
+    index = filled.nonzero().view(-1)  # (m,) masks with a probability above thr
+    extent = windows[index, 1::2] - windows[index, 0::2]  # (m, 2) window heights and widths
+    index = index[extent.prod(1).argsort()]
+    for i in range(0, len(index), chunk):
+        ids = index[i : i + chunk]
+        boxes[ids] = window_boxes(probs[ids], windows[ids], scale, thr)
     return boxes
+
+
+def window_boxes(probs: torch.Tensor, windows: torch.Tensor, scale: int, thr: float) -> torch.Tensor:
+    """Boxes (n, 4) of masks (n, h, w) upsampled by `scale` (a power of two) and thresholded, from their `windows`.
+
+    One batched upsampling of same-size crops, each the largest window's size and holding its mask's own window: a crop
+    larger than the window, offset by whole pixels, gives the window's pixels the very values upsampling everything
+    gives them, and its other pixels stay at or below `thr` (`windowable`).
+    """
+    h, w = probs.shape[1:]
+    r0, r1, c0, c1 = windows.unbind(1)  # (n,) each
+    hc, wc = int((r1 - r0).max()), int((c1 - c0).max())  # crop size
+    top, left = r0.clamp_max(h - hc), c0.clamp_max(w - wc)  # (n,) crop origins: inside the features, over the window
+    rows = top[:, None] + torch.arange(hc, device=probs.device)  # (n, hc)
+    cols = left[:, None] + torch.arange(wc, device=probs.device)  # (n, wc)
+    crops = probs[torch.arange(len(probs), device=probs.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    box = boxes_above(upsample_probs(crops, (hc * scale, wc * scale)), thr)  # (n, 4) in the crops
+    origin = torch.stack((left, top, left, top), 1) * scale  # (n, 4)
+    return (box + origin) * (box[:, 2:3] > 0)  # empty once upsampled: zeros
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -352,7 +376,16 @@ def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     on CPU, and every prediction's box comes from its mask.
     """
     m = masks.view(torch.uint8) if masks.dtype == torch.bool else (masks != 0).to(torch.uint8)
-    rows, cols = m.amax(2), m.amax(1)  # (n, H), (n, W): 1 where the row / column holds a mask pixel
+    return extent_boxes(m.amax(2), m.amax(1))
+
+
+def boxes_above(probs: torch.Tensor, thr: float) -> torch.Tensor:
+    """`mask_boxes(probs > thr)` from the maxima of rows and columns, without thresholding every pixel."""
+    return extent_boxes(above(probs.amax(2), thr), above(probs.amax(1), thr))
+
+
+def extent_boxes(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Boxes (n, 4) from 0/1 values (n, H) and (n, W) that mark the rows and columns holding mask pixels."""
     y1, x1 = rows.argmax(1), cols.argmax(1)  # first filled row / column
     y2, x2 = rows.shape[1] - rows.flip(1).argmax(1), cols.shape[1] - cols.flip(1).argmax(1)  # last one's far edge
     return torch.stack((x1, y1, x2, y2), 1).float() * rows.amax(1, keepdim=True)  # empty masks: 0
