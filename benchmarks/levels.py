@@ -42,7 +42,7 @@ def level_counts(model: SOLOv2Model, data: str, imgsz: int) -> tuple[list[int], 
     dataset = build_yolo_dataset(cfg, info["val"], 16, info, mode="val", stride=32)
     loader = build_dataloader(dataset, 16, workers=0, shuffle=False)
     crit = model.init_criterion()
-    sizes = [s * s for s in crit.num_grids]
+    sizes = crit.layout.level_sizes()
     instances, cells = [0] * len(sizes), [0] * len(sizes)
     for batch in loader:
         batch["img"] = batch["img"].float()

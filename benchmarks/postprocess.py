@@ -1,15 +1,17 @@
 """Benchmark SOLO inference decoding (`detections` of one image) and Matrix NMS against the number of candidates.
 
-Synthetic inputs: mask features (E, h, w) made of one compact blob per channel and random kernels (R, E) biased
-negative, so that each decoded mask covers a few blobs (median about 6% of the image; a few fall to the small-mask
-filter). Scores (R, nc) are zero except exactly K (cell, class) entries in (conf, 1]; the K entries of a smaller K are
-a subset of those of a larger one, and kernels and mask features are shared by every K. Decoding keeps at most
-`nms_pre` candidates, so the table also times Matrix NMS alone on the masks of the top n = min(K, nms_pre) candidates.
+Synthetic inputs: mask features (E, h, w) made of one compact blob per channel and random kernels (R, C) biased
+negative (cell-offset weights 0), so that each decoded mask covers a few blobs (median about 6% of the image; a few fall
+to the small-mask filter). Scores (R, nc) are zero except exactly K (cell, class) entries in (conf, 1]; the K entries
+of a smaller K are a subset of those of a larger one, and kernels and mask features are shared by every K. Decoding
+keeps at most `nms_pre` candidates, so the table also times Matrix NMS alone on the masks of the top
+n = min(K, nms_pre) candidates.
 
 Run (about 15 s on 2 idle CPU cores):
     YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 python benchmarks/postprocess.py
 
-Shape shorthand: R grid cells over all levels, nc classes, E kernel size, h and w mask-feature height and width.
+Shape shorthand: R grid cells over all levels, nc classes, E mask-feature channels, C kernel channels (E + 2 with
+cell offsets, whose weights are 0 here), h and w mask-feature height and width.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from functools import partial
 import torch
 from timing import median_ms
 
-from ultra_solo.models.solov2.network import SOLOv2Model
-from ultra_solo.models.solov2.postprocess import DecodeSettings, detections, matrix_nms
+from ultra_solo.models.solov2.decode import DecodeSettings, detections, matrix_nms
+from ultra_solo.models.solov2.network import SOLOv2Model, decode_settings
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,7 +64,7 @@ def nms_inputs(
     cell, cls = (scores > 0).nonzero(as_tuple=True)
     top = scores[cell, cls].argsort(descending=True)[: settings.nms_pre]
     cell, cls = cell[top], cls[top]
-    masks = (kernels[cell] @ mask_feats.flatten(1)).sigmoid() > settings.mask_thr
+    masks = (kernels[cell, : len(mask_feats)] @ mask_feats.flatten(1)).sigmoid() > settings.mask_thr
     return masks, cls, masks.sum(1)
 
 
@@ -89,9 +91,11 @@ def main() -> None:
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     model = SOLOv2Model(args.model, verbose=False)
-    settings = DecodeSettings.from_solo(model.yaml["solo"])
-    cells, nc, channels = sum(s * s for s in settings.num_grids), model.yaml["nc"], model.model[-1].kernel_size
-    kernels = (torch.randn(cells, channels, generator=gen) - 0.5).to(device)
+    settings = decode_settings(model)
+    cells, nc, channels = settings.layout.num_cells, model.yaml["nc"], model.model[-1].kernel_size
+    kernels = torch.randn(cells, channels, generator=gen) - 0.5  # (R, E)
+    offsets = torch.zeros(cells, settings.layout.kernel_channels(channels) - channels)  # cell-offset weights: none
+    kernels = torch.cat((kernels, offsets), 1).to(device)  # (R, C)
     entries = torch.randperm(cells * nc, generator=gen)[: max(args.candidates)].to(device)
     values = (args.conf + (1 - args.conf) * (1 - torch.rand(len(entries), generator=gen))).to(device)  # (conf, 1]
     size = args.imgsz // 4

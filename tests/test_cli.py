@@ -90,3 +90,16 @@ def test_help_and_version(tmp_path):
     assert ultra_solo("version", cwd=tmp_path).stdout.strip() == __version__
     out = ultra_solo("help", cwd=tmp_path)
     assert out.returncode == 0 and "ultra-solo segment train" in out.stdout
+
+
+def test_every_compare_keyword_is_a_compare_argument():
+    """The CLI's compare keys are compare()'s own keywords, so none the README documents is refused."""
+    import inspect
+
+    from ultra_solo.cli import parse
+    from ultra_solo.compare import compare
+
+    own = {"models": "a.yaml,b.yaml", "cocoeval": False, "latency_images": 2, "picture_images": 0}
+    assert set(own) <= set(inspect.signature(compare).parameters)
+    mode, overrides = parse(["compare", "data=d.yaml", *(f"{k}={v}" for k, v in own.items()), "epochs=1"])
+    assert mode == "compare" and overrides == {"data": "d.yaml", **own, "epochs": 1}

@@ -11,8 +11,8 @@ import torch
 
 from ultra_solo import SOLO
 from ultra_solo.models.solov2 import export
-from ultra_solo.models.solov2.network import solo_config
-from ultra_solo.models.solov2.postprocess import DecodeSettings, dense_outputs, detections
+from ultra_solo.models.solov2.decode import dense_outputs, detections
+from ultra_solo.models.solov2.network import decode_settings, solo_decoding
 
 IMGSZ = 160  # the learning recipe's size
 
@@ -53,9 +53,9 @@ def test_onnxruntime_runs_the_graph(exported, weights):
     images = torch.rand(2, 3, IMGSZ, IMGSZ)
     scores, kernels, feats = session.run(None, {"images": images.numpy()})
     model = SOLO(weights).model.float().eval()
-    cells, e = sum(s * s for s in model.model[-1].num_grids), model.yaml["scales"]["n"]["kernel"]
+    cells, e = model.layout.num_cells, model.yaml["scales"]["n"]["kernel"]
     assert scores.shape == (2, cells, 80) and kernels.shape == (2, cells, e + 2) and feats.shape == (2, e, 40, 40)
-    with torch.no_grad():
+    with torch.no_grad(), solo_decoding(model):
         (ref_scores, _, ref_feats), _ = model(images)
     # point NMS can flip between near-equal neighbours, so compare almost all scores tightly
     assert np.isclose(scores, ref_scores.numpy(), atol=1e-4).mean() > 0.999
@@ -113,8 +113,8 @@ def test_half_precision_outputs_decode_like_fp32(weights, coco8):
     images = [cv2.resize(cv2.imread(str(f)), (IMGSZ, IMGSZ))[..., ::-1] for f in files]
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255  # (B, 3, IMGSZ, IMGSZ) RGB
     model = SOLO(weights).model.float().eval()
-    settings = DecodeSettings.from_solo(solo_config(model))
-    with torch.no_grad():
+    settings = decode_settings(model)
+    with torch.no_grad(), solo_decoding(model):
         full = dense_outputs(model(x))
         half = dense_outputs(model.half()(x.half()))
     assert all(t.dtype == torch.float16 for t in half)

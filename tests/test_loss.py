@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ultra_solo.models.solov2.loss import dice_loss, dynamic_masks
-from ultra_solo.models.solov2.network import SOLOv2Model
-from ultra_solo.models.solov2.postprocess import DecodeSettings, detections
+from ultra_solo.models.solov2.decode import detections
+from ultra_solo.models.solov2.layout import GridLayout
+from ultra_solo.models.solov2.loss import dice_loss, positive_mask_logits
+from ultra_solo.models.solov2.network import SOLOv2Model, decode_settings, solo_decoding
 
 
 @pytest.fixture(scope="module", params=["solov2-n.yaml", "yolo11n-solo.yaml"])
@@ -81,7 +82,7 @@ def test_every_level_gets_positives_at_320_and_640(model, size):
          "batch_idx": torch.arange(n, dtype=torch.float32)}  # fmt: skip
     crit = model.init_criterion()
     _, _, assigned = crit.targets(b, (m, m))  # (B, R) instance index per cell, -1 for none
-    per_level = [int((level >= 0).sum()) for level in assigned.split([s * s for s in crit.num_grids], 1)]
+    per_level = [int((level >= 0).sum()) for level in assigned.split(crit.layout.level_sizes(), 1)]
     assert all(per_level), f"positive cells per level at imgsz {size}: {per_level}"
 
 
@@ -120,12 +121,12 @@ def test_multi_scale_resizes_ground_truth_masks(model):
     assert items["mask_loss"] > 0 and torch.isfinite(items["cls_loss"])
 
 
-def test_dynamic_masks_match_per_cell_convolution():
+def test_positive_mask_logits_match_per_cell_convolution():
     g = torch.Generator().manual_seed(0)
     kernels, feats = torch.randn(3, 10, 4, generator=g), torch.randn(3, 4, 5, 6, generator=g)
     pos = torch.rand(3, 10, generator=g) > 0.6
     pos[1] = False  # an image without positives
-    got = dynamic_masks(kernels, feats, pos)
+    got = positive_mask_logits(GridLayout((3, 1), (8, 16)), kernels, feats, pos)
     expected = [torch.einsum("e,ehw->hw", kernels[b, r], feats[b]) for b, r in pos.nonzero().tolist()]
     assert torch.allclose(got, torch.stack(expected), atol=1e-5)
 
@@ -135,11 +136,10 @@ def test_loss_and_decoding_run_in_fp32_under_autocast(model):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, items = model(batch(2))
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), solo_decoding(model):
             dense, _ = model(torch.rand(1, 3, 128, 128))
         model.train()
     assert loss.dtype == torch.float32 and torch.isfinite(loss) and items["mask_loss"] > 0
     assert dense[2].dtype == torch.bfloat16
-    settings = DecodeSettings.from_solo(model.yaml["solo"])
-    [(probs, conf, cls)] = detections(dense, settings, conf=0.0, max_det=50)
+    [(probs, conf, cls)] = detections(dense, decode_settings(model), conf=0.0, max_det=50)
     assert probs.dtype == conf.dtype == torch.float32 and torch.isfinite(conf).all()

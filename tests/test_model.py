@@ -49,6 +49,7 @@ def test_every_scale_builds_with_its_widths():
 
 def test_forward_shapes():
     model = SOLOv2Model("solov2-n.yaml", nc=3, verbose=False).eval()
+    model.decoder = "solo"  # the handshake: this test reads the dense outputs itself
     with torch.no_grad():
         (scores, kernels, feats), raw = model(torch.rand(2, 3, 192, 256))
     assert scores.shape == (2, 3872, 3) and kernels.shape == (2, 3872, 128) and feats.shape == (2, 128, 48, 64)
@@ -236,3 +237,36 @@ def test_pretrained_argument_loads_the_trunk_for_training(coco8, tmp_path):
                 project=str(tmp_path), name="run", **NO_AUGMENT)  # fmt: skip
     trunk = sum(not k.startswith("model.23.") for k in saved)
     assert started["equal"] and started["source"].startswith(f"SegmentationModel checkpoint: {trunk}/{trunk} trunk")
+
+
+def test_solo_block_errors_name_the_key_and_file(tmp_path):
+    family = find_model_yaml("yolo11-solo.yaml")[0]
+    cases = {
+        "num_gridz": ("num_grids:", "num_gridz:", r"unknown 'solo' key\(s\) \['num_gridz'\] in .*bad.yaml"),
+        "strides": ("  offsets: true", "  strides: [8, 16, 64]\n  offsets: true", r"'solo' strides \[8, 16, 64\] of"),
+    }
+    for name, (old, new, message) in cases.items():
+        bad = tmp_path / f"{name}-bad.yaml"
+        bad.write_text(family.read_text().replace(old, new, 1))
+        with pytest.raises(ValueError, match=message):
+            SOLOv2Model(str(bad), verbose=False)
+    right = tmp_path / "right-strides.yaml"  # a YAML may state the head's strides
+    right.write_text(family.read_text().replace("  offsets: true", "  strides: [8, 16, 32]\n  offsets: true", 1))
+    assert SOLOv2Model(str(right), verbose=False).layout.strides == (8, 16, 32)
+    solov2 = tmp_path / "solov2-offsets.yaml"  # the SOLOv2 head has no cell-offset weights
+    solov2.write_text(find_model_yaml("solov2.yaml")[0].read_text().replace("solo:", "solo:\n  offsets: true", 1))
+    with pytest.raises(ValueError, match=r"SOLOv2Head takes no 'solo' key\(s\) \['offsets'\]"):
+        SOLOv2Model(str(solov2), verbose=False)
+
+
+def test_an_eval_pass_needs_the_solo_decoder_handshake():
+    from ultra_solo.models.solov2.network import solo_decoding
+
+    model = SOLOv2Model("yolo11n-solo.yaml", nc=3, verbose=False).eval()
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(TypeError, match="is a SOLO model.*model.decoder = 'solo'"):
+        model(x)
+    with torch.no_grad(), solo_decoding(model):
+        assert len(model(x)[0]) == 3  # dense outputs
+    assert model.decoder is None  # marked for the block only
+    model.train()(x)  # training passes never need it

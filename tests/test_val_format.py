@@ -36,7 +36,8 @@ def ground_truth_as_dense_outputs(batch: dict, nc: int, num_cells: int):
 
 @pytest.mark.parametrize("native", [False, True])  # masks at imgsz/4, or at input resolution (save_json/save_txt)
 def test_ground_truth_scores_full_map(coco8, tmp_path, native):
-    validator = SOLOValidator(args=dict(data=str(coco8), imgsz=640, batch=4, plots=False), save_dir=tmp_path)
+    args = dict(data=str(coco8), imgsz=640, batch=4, plots=False, save_json=native)  # save_json: native masks
+    validator = SOLOValidator(args=args, save_dir=tmp_path)
     validator.data = check_det_dataset(str(coco8))
     validator.stride, validator.device = 32, torch.device("cpu")
     model = SOLOv2Model("solov2-n.yaml", nc=80, verbose=False)
@@ -44,8 +45,7 @@ def test_ground_truth_scores_full_map(coco8, tmp_path, native):
     validator.names = model.names
     validator.dataloader = validator.get_dataloader(validator.data["val"], 4)
     validator.init_metrics(model)
-    if native:
-        validator.process = ops.process_mask_native  # what init_metrics selects for save_json / save_txt
+    assert validator.native_masks == native and (validator.process is ops.process_mask_native) == native
     for batch in validator.dataloader:
         batch = validator.preprocess(batch)
         preds = ground_truth_as_dense_outputs(batch, nc=80, num_cells=3872)

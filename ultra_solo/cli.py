@@ -5,6 +5,7 @@ Arguments are parsed and checked with Ultralytics' own helpers, so every `yolo` 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from contextlib import contextmanager
@@ -12,7 +13,6 @@ from contextlib import contextmanager
 from ultra_solo import __version__
 
 MODES = ("train", "val", "predict", "track", "export", "compare")
-COMPARE_KEYS = {"models", "cocoeval", "latency_images"}  # compare's own keys, beside any training argument
 HELP = f"""ultra-solo {__version__}: SOLOv2 instance segmentation on Ultralytics
 
 Usage: ultra-solo [segment] MODE key=value ...
@@ -47,6 +47,16 @@ def quiet(logger: logging.Logger):
         logger.setLevel(level)
 
 
+def compare_keys() -> set[str]:
+    """`compare()`'s own keyword arguments (beside the training arguments it passes on), read off its signature."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from ultra_solo.compare import compare
+
+    parameters = inspect.signature(compare).parameters.values()
+    return {p.name for p in parameters if p.kind is not p.VAR_KEYWORD and p.name not in DEFAULT_CFG_DICT}
+
+
 def parse(args: list[str]) -> tuple[str, dict]:
     """Parse `[TASK] MODE key=value ...` into the mode and checked Ultralytics overrides."""
     from ultralytics.cfg import DEFAULT_CFG_DICT, TASKS, check_dict_alignment, merge_equals_args, parse_key_value_pair
@@ -72,7 +82,7 @@ def parse(args: list[str]) -> tuple[str, dict]:
     try:
         with quiet(LOGGER):
             check_dict_alignment(
-                DEFAULT_CFG_DICT, overrides, allowed_custom_keys=COMPARE_KEYS if mode == "compare" else None
+                DEFAULT_CFG_DICT, overrides, allowed_custom_keys=compare_keys() if mode == "compare" else None
             )
     except SyntaxError as e:
         raise UsageError(" ".join(str(e).replace("YOLO", "ultra-solo").split())) from None

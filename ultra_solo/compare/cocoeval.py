@@ -16,7 +16,6 @@ import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 from faster_coco_eval.core import mask as mask_utils
 from ultralytics.data import YOLODataset
-from ultralytics.utils import ops
 
 METRICS = {  # summary column -> (iouType, index in COCOeval's stats)
     "coco_mask_mAP50-95": ("segm", 0),
@@ -32,16 +31,14 @@ METRICS = {  # summary column -> (iouType, index in COCOeval's stats)
 def with_coco_predictions(validator_cls: type) -> type:
     """Return a subclass of an Ultralytics segmentation validator that also writes `predictions.json`.
 
-    It scores masks at native resolution (as `save_json` does) and lets Ultralytics write the COCO-format predictions
-    (RLE masks in original-image pixels); the faster-coco-eval check `save_json` triggers at start-up is skipped, as
-    `coco_metrics` evaluates them here.
+    It turns `save_json` on, so Ultralytics scores masks at native resolution and writes the COCO-format predictions
+    (RLE masks in original-image pixels), which `coco_metrics` evaluates.
     """
 
     class COCOPredictions(validator_cls):
         def init_metrics(self, model) -> None:
+            self.args.save_json = True  # before Ultralytics picks the native-resolution mask processing for it
             super().init_metrics(model)
-            self.args.save_json = True
-            self.process = ops.process_mask_native
 
     COCOPredictions.__name__ = f"COCOPredictions{validator_cls.__name__}"
     return COCOPredictions

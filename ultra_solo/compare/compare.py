@@ -16,12 +16,14 @@ from ultralytics.cfg import DEFAULT_CFG_DICT, check_dict_alignment
 from ultralytics.data import YOLODataset
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.nn.backends.base import BaseBackend
+from ultralytics.nn.tasks import torch_safe_load
 from ultralytics.utils import LOGGER, RUNS_DIR, YAML
 from ultralytics.utils.patches import torch_load
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ultra_solo.models.solov2.cfg import find_model_yaml
 from ultra_solo.models.solov2.model import SOLO
+from ultra_solo.models.solov2.settings import SOLO_ARG_DEFAULTS
 
 from .args import check_same_args
 from .cocoeval import coco_metrics_from_file, ground_truth, with_coco_predictions
@@ -29,24 +31,26 @@ from .pictures import write_predictions
 from .report import plot_curves, write_report, write_summary
 from .speed import TrainSpeed, inference_latency
 
-SHARED_DEFAULTS = {"overlap_mask": DEFAULT_CFG_DICT["overlap_mask"]}  # YOLO and SOLO default it differently
+SHARED_DEFAULTS = {k: DEFAULT_CFG_DICT[k] for k in SOLO_ARG_DEFAULTS}  # YOLO and SOLO default these differently
 VAL_KEYS = ("imgsz", "batch", "device", "conf", "iou", "max_det", "overlap_mask", "half", "workers", "single_cls")
 
 
 def model_class(spec: str) -> type:
-    """`SOLO` for SOLO YAMLs, checkpoints and exports, `ultralytics.YOLO` for everything else."""
+    """`SOLO` for SOLO YAMLs, checkpoints and exports, `ultralytics.YOLO` for everything else.
+
+    A checkpoint is SOLO's if its model's YAML has a `solo` block, an export if its metadata has one; a file that cannot
+    be read is refused by Ultralytics' own loader, naming it.
+    """
     suffix = Path(spec).suffix
     if suffix in {".yaml", ".yml"}:
         try:
             return SOLO if "solo" in YAML.load(find_model_yaml(spec)[0]) else YOLO
-        except FileNotFoundError:
+        except FileNotFoundError:  # not a file of ours, nor a path: one of Ultralytics' own names
             return YOLO
     if suffix == ".pt":
-        try:
-            SOLO(spec)
-            return SOLO
-        except TypeError:
-            return YOLO
+        ckpt, _ = torch_safe_load(spec)
+        model = ckpt.get("ema") or ckpt.get("model")
+        return SOLO if "solo" in (getattr(model, "yaml", None) or {}) else YOLO
     return SOLO if "solo" in BaseBackend.read_metadata(spec) else YOLO
 
 

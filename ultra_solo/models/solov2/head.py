@@ -5,9 +5,11 @@ Outputs of every SOLO head, by mode (the contract the loss, the postprocess and 
         "mask_feats": (B, E, H/4, W/4)}`;
     eval: `(dense, raw)`, dense = (scores (B, R, nc) after sigmoid and 2x2 point NMS, kernels (B, R, E), mask features
         (B, E, H/4, W/4));
-    export (`head.export` set to an `ExportSpec` on the exporter's copy of the model): three plain tensors, the dense
-        outputs, or for an end2end spec the decoded scores (B, D), classes (B, D) and mask probabilities
+    export (`head.export` set to an `export.ExportSpec` on the exporter's copy of the model): three plain tensors, the
+        dense outputs, or for an end2end spec the decoded scores (B, D), classes (B, D) and mask probabilities
         (B, D, H/4, W/4).
+
+Every head reports its grid and kernel layout (`layout`): its grids, its levels' strides and what its kernels hold.
 
 Shape shorthand in this module:
     B: images in the batch
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,23 +32,11 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from .postprocess import DecodeSettings, decode
+from .layout import GridLayout
 
-
-@dataclass(frozen=True)
-class ExportSpec:
-    """What an exported graph returns: the dense outputs (`decode` None) or end2end detections decoded in the graph."""
-
-    decode: DecodeSettings | None = None
-    conf: float = 0.001
-    max_det: int = 300
-    agnostic: bool = False
-
-    def outputs(self, dense: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """The graph's outputs from the head's dense outputs."""
-        if self.decode is None:
-            return dense
-        return decode(*dense, self.decode, self.conf, self.max_det, agnostic=self.agnostic)
+if TYPE_CHECKING:
+    from .export import ExportSpec
+    from .settings import SOLOSettings
 
 
 def raw_outputs(preds) -> dict:
@@ -113,15 +103,37 @@ def flatten_levels(maps: list[torch.Tensor]) -> torch.Tensor:
 
 
 class SOLOHead(nn.Module):
-    """What every SOLO head shares: the outputs per mode (module docstring) from its per-level maps.
+    """What every SOLO head shares: the outputs per mode (module docstring) from its per-level maps, and its layout.
 
     Attributes:
         export (ExportSpec | None): None in training and eval; set on the exporter's copy of the model only.
-        in_strides (tuple[tuple[int, ...], ...]): The input strides a head accepts, checked when the model is built.
+        in_strides (tuple[int, ...]): The strides of the inputs the head reads, checked when the model is built.
+        strides (tuple[int, ...]): The strides of the head's grid levels.
+        num_grids (list[int]): Grid size S of each level.
+        kernel_size (int): Mask-feature channels E.
+        offsets (bool): Kernels end with two cell-offset weights (`layout.GridLayout`).
     """
 
     export: ExportSpec | None = None
-    in_strides: tuple[tuple[int, ...], ...] = ()
+    in_strides: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    offsets: bool = False
+
+    @classmethod
+    def settings_kwargs(cls, settings: SOLOSettings) -> dict:
+        """The constructor arguments this head takes from a model's `solo` settings (here only the grids).
+
+        Raises:
+            ValueError: For a setting this head has no part for.
+        """
+        if unsupported := [k for k in ("offsets", "depthwise_cls") if getattr(settings, k)]:
+            raise ValueError(f"{cls.__name__} takes no 'solo' key(s) {unsupported}")
+        return {"num_grids": settings.num_grids}
+
+    @property
+    def layout(self) -> GridLayout:
+        """The head's grid and kernel layout, which targets, the loss, decoding and exports all read."""
+        return GridLayout(tuple(self.num_grids), tuple(self.strides), bool(self.offsets))
 
     def outputs(self, cls_logits: list[torch.Tensor], kernels: list[torch.Tensor], mask_feats: torch.Tensor):
         """Return the outputs of the current mode from per-level logits and kernels and the mask features."""
@@ -210,7 +222,8 @@ class SOLOv2Head(SOLOHead):
     five levels (P2 downsampled to stride 8, P3, P4, P5, P6 upsampled to stride 32), mask features fused at stride 4.
     """
 
-    in_strides = ((4, 8, 16, 32),)
+    in_strides = (4, 8, 16, 32)  # C2-C5
+    strides = (8, 8, 16, 32, 32)  # P2 downsampled, P3, P4, P5, P6 upsampled
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ Shape shorthand in this module:
     B: images in the batch
     N: ground-truth instances in the batch
     R: grid cells over all levels; P: positive cells in the batch
-    E: dynamic kernel size = mask-feature channels
+    E: mask-feature channels; C: kernel channels (E, or E + 2 with cell offsets: `layout.GridLayout`)
     h, w: mask-feature height and width (input / 4)
     nc: number of classes
 """
@@ -20,7 +20,8 @@ from ultralytics.utils import LOGGER, ops
 from ultra_solo.utils.masks import instance_masks, resize_masks
 
 from .head import flatten_levels, raw_outputs
-from .postprocess import add_cell_offsets, cell_geometry
+from .layout import GridLayout
+from .settings import SOLO_ARG_DEFAULTS
 from .targets import assign_targets
 
 
@@ -31,11 +32,14 @@ def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-3) -> 
     return 1 - 2 * inter / ((probs * probs).sum(1) + (targets * targets).sum(1) + 2 * eps)
 
 
-def dynamic_masks(kernels: torch.Tensor, mask_feats: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Apply the 1x1 kernels of positive cells to their image's mask features.
+def positive_mask_logits(
+    layout: GridLayout, kernels: torch.Tensor, mask_feats: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
+    """Mask logits of the positive cells, made as decoding makes a candidate's (`GridLayout.mask_logits`).
 
     Args:
-        kernels (torch.Tensor): (B, R, E) kernels of all cells.
+        layout (GridLayout): The head's grid and kernel layout.
+        kernels (torch.Tensor): (B, R, C) kernels of all cells.
         mask_feats (torch.Tensor): (B, E, h, w) mask features.
         pos (torch.Tensor): (B, R) bool, the positive cells.
 
@@ -45,32 +49,32 @@ def dynamic_masks(kernels: torch.Tensor, mask_feats: torch.Tensor, pos: torch.Te
     b, r = pos.nonzero(as_tuple=True)  # (P,), grouped by image
     counts = pos.sum(1)  # (B,)
     slot = torch.arange(len(b), device=b.device) - (counts.cumsum(0) - counts)[b]  # (P,) index within its image
-    padded = kernels.new_zeros(pos.shape[0], int(counts.max()), kernels.shape[2])  # (B, Pmax, E)
+    padded = kernels.new_zeros(pos.shape[0], int(counts.max()), kernels.shape[2])  # (B, Pmax, C)
     padded[b, slot] = kernels[b, r]
-    logits = torch.bmm(padded, mask_feats.flatten(2))  # (B, Pmax, h*w)
-    return logits[b, slot].view(len(b), *mask_feats.shape[2:])
+    cells = r.new_zeros(padded.shape[:2])  # (B, Pmax)
+    cells[b, slot] = r
+    return layout.mask_logits(padded, mask_feats, cells)[b, slot]  # (P, h, w)
 
 
 class SOLOv2Loss:
     """SOLOv2 criterion: focal loss (normalised by positives + 1) and dice loss, with weights from the model YAML."""
 
     def __init__(self, model):
-        """Read the SOLO constants from `model.yaml['solo']` and the mask layout from the run's `overlap_mask`.
+        """Read the SOLO settings and the head's layout from the model and the mask layout from `overlap_mask`.
 
-        A model without training arguments (e.g. loaded from a checkpoint) assumes SOLO's default, `overlap_mask=False`.
+        A model without training arguments (e.g. loaded from a checkpoint) takes SOLO's default (`SOLO_ARG_DEFAULTS`).
         """
-        solo = model.yaml["solo"]
-        self.num_grids = solo["num_grids"]
-        self.scale_ranges = solo["scale_ranges"]
-        self.pos_scale = solo["pos_scale"]
-        self.cls_weight = solo["cls_weight"]
-        self.mask_weight = solo["mask_weight"]
-        self.alpha = solo["focal_alpha"]
-        self.gamma = solo["focal_gamma"]
-        self.offsets = solo.get("offsets", False)
+        settings = model.settings
+        self.layout = model.layout
+        self.scale_ranges = settings.scale_ranges
+        self.pos_scale = settings.pos_scale
+        self.cls_weight = settings.cls_weight
+        self.mask_weight = settings.mask_weight
+        self.alpha = settings.focal_alpha
+        self.gamma = settings.focal_gamma
         args = getattr(model, "args", {})
         args = args if isinstance(args, dict) else vars(args)
-        self.overlap = args.get("overlap_mask", False)
+        self.overlap = args.get("overlap_mask", SOLO_ARG_DEFAULTS["overlap_mask"])
         self.skipped = 0  # batches whose loss was non-finite, counted by the model's `loss` guard
 
     def update(self) -> None:
@@ -91,7 +95,7 @@ class SOLOv2Loss:
             batch["batch_idx"],
             batch["img"].shape[0],
             (img_h, img_w),
-            self.num_grids,
+            self.layout.num_grids,
             self.scale_ranges,
             self.pos_scale,
         )
@@ -111,18 +115,14 @@ class SOLOv2Loss:
         cls_maps, kernel_maps, mask_feats = raw["cls"], raw["kernels"], raw["mask_feats"]
         with torch.autocast(mask_feats.device.type, enabled=False):  # fp32: dice sums and focal terms underflow in fp16
             cls_logits = flatten_levels(cls_maps).float()  # (B, R, nc)
-            kernels = flatten_levels(kernel_maps).float()  # (B, R, E), or (B, R, E + 2) with offsets
+            kernels = flatten_levels(kernel_maps).float()  # (B, R, C)
             mask_feats = mask_feats.float()  # (B, E, h, w)
             gt_masks, gt_cls, assigned = self.targets(batch, mask_feats.shape[2:])
             pos = assigned >= 0  # (B, R)
             inst = assigned[pos]  # (P,)
 
             if len(inst):
-                e = mask_feats.shape[1]
-                logits = dynamic_masks(kernels[..., :e], mask_feats, pos)  # (P, h, w)
-                if self.offsets:
-                    geometry = cell_geometry(self.num_grids, logits.device)[pos.nonzero()[:, 1]]  # (P, 3)
-                    logits = add_cell_offsets(logits, kernels[pos][:, e:], geometry)
+                logits = positive_mask_logits(self.layout, kernels, mask_feats, pos)  # (P, h, w)
                 mask_loss = dice_loss(logits.sigmoid(), gt_masks[inst]).mean() * self.mask_weight
             else:  # keep every parameter in the graph (DDP) with a zero mask loss
                 mask_loss = (kernels.sum() + mask_feats.sum()) * 0.0

@@ -9,16 +9,13 @@ Examples:
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 from ultralytics.engine.model import Model
 from ultralytics.utils import DEFAULT_CFG_DICT, LOGGER, RANK
 
-from .export import RUNTIME_PACKAGES, check_export, prepare_export, require
-from .head import ExportSpec
-from .network import SOLOv2Model, solo_config
-from .postprocess import DecodeSettings
+from .export import RUNTIME_PACKAGES, exporting, require
+from .network import SOLOv2Model
 from .predict import SOLOPredictor
 from .train import SOLOTrainer
 from .val import SOLOValidator
@@ -62,22 +59,8 @@ class SOLO(Model):
         (default 0.001), `max_det` and `agnostic_nms` fixed at export; predicting or validating it with any conf >= that
         and max_det <= that gives the `.pt`'s detections. ONNX needs `pip install 'ultra-solo[export]'`.
         """
-        kwargs.setdefault("format", "torchscript")
-        check_export(str(kwargs["format"]).lower())
-        spec = ExportSpec()
-        if kwargs.pop("nms", None):  # SOLO's decoding goes into the graph itself, not Ultralytics' YOLO NMS wrapper
-            spec = ExportSpec(
-                decode=DecodeSettings.from_solo(solo_config(self.model)),
-                conf=0.001 if kwargs.get("conf") is None else kwargs["conf"],  # the graph's cost does not depend on it
-                max_det=kwargs.get("max_det", DEFAULT_CFG_DICT["max_det"]),
-                agnostic=bool(kwargs.get("agnostic_nms") or self.overrides.get("single_cls")),
-            )
-        callback = partial(prepare_export, spec=spec)  # runs on the exporter's own copy of the model
-        self.add_callback("on_export_start", callback)
-        try:
-            file = super().export(**kwargs)
-        finally:
-            self.callbacks["on_export_start"].remove(callback)
+        with exporting(self, kwargs) as export_kwargs:
+            file = super().export(**export_kwargs)
         LOGGER.info(f"SOLO exports run with ultra-solo (not 'yolo'): ultra-solo segment predict model={file}")
         return file
 

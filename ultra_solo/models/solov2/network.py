@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
 
 import thop
 import torch
-from ultralytics.engine.predictor import BasePredictor
-from ultralytics.engine.validator import BaseValidator
 from ultralytics.nn.modules import TorchVision
 from ultralytics.nn.tasks import BaseModel, parse_model
 from ultralytics.utils import LOGGER
@@ -17,9 +16,11 @@ from ultralytics.utils.torch_utils import initialize_weights, model_info
 
 from .backbone import load_imagenet_weights
 from .cfg import load_model_yaml, resolve_scale
-from .export import metadata_solo
+from .decode import DecodeSettings
 from .head import SOLOHead, SOLOv2Head
+from .layout import GridLayout
 from .pan_head import SOLOPANHead
+from .settings import SOLOSettings, settings_from_metadata
 
 HEADS: dict[str, type[SOLOHead]] = {"SOLOv2Head": SOLOv2Head, "SOLOPANHead": SOLOPANHead}
 
@@ -35,7 +36,13 @@ class SOLOv2Model(BaseModel):
         yaml (dict): Model dict, including the `solo` constants block.
         stride (torch.Tensor): Head level strides.
         names (dict[int, str]): Class names.
+        decoder (str | None): What reads this model's eval outputs: 'solo' on the model a SOLO predictor, validator or
+            exporter runs (`decoded_by_solo`). An eval forward pass of an unmarked model is refused, so that YOLO's
+            predictor and validator (`YOLO("solo_best.pt")`) cannot read SOLO's outputs as YOLO boxes. Set it to 'solo'
+            to read the dense outputs yourself. Copies keep it; checkpoints never carry it (`decoded_by_solo`).
     """
+
+    decoder: str | None = None
 
     def __init__(self, cfg: str | Path | dict = "solov2-n.yaml", ch: int = 3, nc: int | None = None, verbose=True):
         """Build the model.
@@ -55,7 +62,7 @@ class SOLOv2Model(BaseModel):
         d = resolve_scale(self.yaml)
         *rows, head_row = d["head"]
         self.model, self.save = parse_model({**d, "head": rows}, ch=ch, verbose=verbose)
-        self.model.append(self._build_head(head_row, ch))
+        self.model.append(self._build_head(head_row, ch, self.settings))
         self.save = sorted({*self.save, *head_row[0]})
         for m in self.model:
             if not isinstance(m, TorchVision):  # Ultralytics' BatchNorm settings, as every YOLO model gets
@@ -63,7 +70,7 @@ class SOLOv2Model(BaseModel):
         for key in ("pixel_mean", "pixel_std"):  # None: the trunk takes Ultralytics' 0-1 input as it is
             value = torch.tensor(d[key]).view(1, -1, 1, 1) if key in d else None
             self.register_buffer(key, value, persistent=False)
-        self.stride = torch.tensor(self.yaml["solo"]["strides"], dtype=torch.float32)
+        self.stride = torch.tensor(self.layout.strides, dtype=torch.float32)
         self.names = {i: f"{i}" for i in range(self.yaml["nc"])}
         self.task = "segment"
         self.weights_source = "scratch"  # what `load` or `load_pretrained_backbone` transferred; kept in checkpoints
@@ -71,19 +78,22 @@ class SOLOv2Model(BaseModel):
             self.info()
             LOGGER.info("")
 
-    def _build_head(self, row: list, ch: int) -> SOLOHead:
+    def _build_head(self, row: list, ch: int, settings: SOLOSettings) -> SOLOHead:
         """Build the SOLO head of the YAML's last row, reading its input widths off a dry run of the rows before it."""
         f, _, name, args = row
         if name not in HEADS or not isinstance(f, list):
             raise ValueError(f"the last head row must be [[inputs...], 1, HEAD, [...]], HEAD in {list(HEADS)}: {row}")
-        size = 256
+        cls, size = HEADS[name], 256
         feats = self._backbone_features(torch.zeros(1, ch, size, size), f)
         strides = tuple(size // x.shape[-1] for x in feats)
-        if strides not in HEADS[name].in_strides:
-            raise ValueError(f"{name} inputs {f} have strides {strides}; they must be one of {HEADS[name].in_strides}")
-        solo = self.yaml["solo"]
-        extra = {k: True for k in ("offsets", "depthwise_cls") if solo.get(k)}  # only heads made for them take these
-        head = HEADS[name]([x.shape[1] for x in feats], *args, num_grids=solo["num_grids"], **extra)
+        if strides != cls.in_strides:
+            raise ValueError(f"{name} inputs {f} have strides {strides}; they must be {cls.in_strides}")
+        head = cls([x.shape[1] for x in feats], *args, **cls.settings_kwargs(settings))
+        if settings.strides is not None and settings.strides != head.layout.strides:
+            raise ValueError(
+                f"'solo' strides {list(settings.strides)} of {self.yaml.get('yaml_file')} are not {name}'s level "
+                f"strides {list(head.layout.strides)}; leave the key out (the head knows its strides)"
+            )
         head.i, head.f, head.type = len(self.model), f, name
         head.np = sum(p.numel() for p in head.parameters())
         return head
@@ -103,11 +113,21 @@ class SOLOv2Model(BaseModel):
                 h.remove()
         return [outputs[i] for i in indices]
 
+    @property
+    def settings(self) -> SOLOSettings:
+        """The model YAML's `solo` block, read (`SOLOSettings.from_dict`)."""
+        return SOLOSettings.from_dict(self.yaml["solo"], str(self.yaml.get("yaml_file") or "model YAML"))
+
+    @property
+    def layout(self) -> GridLayout:
+        """The head's grid and kernel layout."""
+        return self.model[-1].layout
+
     def _predict_once(self, x: torch.Tensor, profile: bool = False, embed: list | None = None):
         """Normalise the 0-1 RGB input as torchvision backbone weights expect (when the YAML sets `pixel_mean`), then
-        run `BaseModel`'s forward; refuse to serve YOLO's decoding (see `check_decoder`)."""
-        if not self.training and self.model[-1].export is None:
-            check_decoder(self)
+        run `BaseModel`'s forward; an eval pass needs the `decoder` handshake (class docstring)."""
+        if not self.training and self.decoder != "solo" and self.model[-1].export is None:
+            raise TypeError(refusal(self))
         if self.pixel_mean is not None:
             x = (x - self.pixel_mean) / self.pixel_std
         return super()._predict_once(x, profile, embed)
@@ -126,7 +146,8 @@ class SOLOv2Model(BaseModel):
         p = next(self.parameters())
         h, w = imgsz if isinstance(imgsz, (list, tuple)) else (imgsz, imgsz)
         im = torch.empty(1, self.yaml["channels"], h, w, device=p.device, dtype=p.dtype)
-        flops = thop.profile(self, inputs=[im], verbose=False)[0] / 1e9 * 2
+        with solo_decoding(self):
+            flops = thop.profile(self, inputs=[im], verbose=False)[0] / 1e9 * 2
         if verbose:
             name = Path(self.yaml.get("yaml_file", "")).stem or "SOLOv2"
             LOGGER.info(f"{name} summary: {n_l:,} layers, {n_p:,} parameters, {n_g:,} gradients, {flops:.1f} GFLOPs")
@@ -179,43 +200,64 @@ class SOLOv2Model(BaseModel):
         return zero, {k: torch.zeros_like(v) for k, v in items.items()}
 
 
-def check_decoder(model: SOLOv2Model) -> None:
-    """Refuse an eval forward pass run by a non-SOLO Ultralytics predictor or validator.
+def refusal(model: SOLOv2Model) -> str:
+    """Why an eval pass of a model no SOLO decoder set up is refused, and what to run instead."""
+    path = getattr(model, "pt_path", None) or "best.pt"
+    return (
+        f"'{path}' is a SOLO model and no SOLO predictor or validator set up this pass (YOLO's would read its outputs "
+        f"as boxes and find nothing). Load it with ultra-solo: `from ultra_solo import SOLO; SOLO('{path}')`, or on "
+        f"the command line `ultra-solo segment predict model={path} source=...` (val, track and export likewise). To "
+        f"read its dense outputs yourself, set model.decoder = 'solo'"
+    )
 
-    `YOLO("solo_best.pt")` and `yolo predict model=solo_best.pt` load a SOLO checkpoint into YOLO's segmentation
-    predictor, which reads SOLO's outputs as YOLO boxes and reports no detections without a word. The nearest predictor
-    or validator up the call stack tells which decoding will read this pass: SOLO's declare `decodes_solo`.
+
+def solo_model(model) -> SOLOv2Model | None:
+    """The SOLOv2Model of `model`: itself, or the one inside Ultralytics' AutoBackend; None for exports and others."""
+    for m in (model, getattr(model, "model", None)):
+        if isinstance(m, SOLOv2Model):
+            return m
+    return None
+
+
+def decoded_by_solo(model) -> None:
+    """The handshake: mark the model a SOLO predictor or validator set up for itself as read by SOLO's decoding.
+
+    Only a SOLO component's own copy is marked for good (Ultralytics' predictor and standalone validator deep-copy the
+    model they are given); a model that may be saved afterwards, such as the trainer's EMA, is marked only for as long
+    as SOLO reads it (`solo_decoding`), so no checkpoint carries the mark.
+    """
+    if (m := solo_model(model)) is not None:
+        m.decoder = "solo"
+
+
+@contextmanager
+def solo_decoding(model) -> Iterator[None]:
+    """Mark a SOLO model as read by SOLO's decoding for the duration of the block (`decoded_by_solo`)."""
+    m = solo_model(model)
+    if m is None:
+        yield
+        return
+    before, m.decoder = m.decoder, "solo"
+    try:
+        yield
+    finally:
+        m.decoder = before
+
+
+def decode_settings(model) -> DecodeSettings:
+    """SOLO decoding of a model: a SOLOv2Model, one wrapped in Ultralytics' AutoBackend, or an export (its metadata).
 
     Raises:
-        TypeError: Naming SOLO and the command to use instead.
+        TypeError: When `model` is none of these.
     """
-    frame = sys._getframe(1)
-    for _ in range(40):  # AutoBackend and nn.Module calls lie between the predictor and this frame
-        if frame is None:
-            return
-        caller = frame.f_locals.get("self")
-        if isinstance(caller, (BasePredictor, BaseValidator)):
-            if getattr(caller, "decodes_solo", False):
-                return
-            path = getattr(model, "pt_path", None) or "best.pt"
-            raise TypeError(
-                f"'{path}' is a SOLO model; {type(caller).__name__} decodes YOLO outputs and would find nothing. "
-                f"Load it with ultra-solo: `from ultra_solo import SOLO; SOLO('{path}')`, or on the command line "
-                f"`ultra-solo segment predict model={path} source=...` (val, track and export likewise)"
-            )
-        frame = frame.f_back
-
-
-def solo_config(model) -> dict:
-    """Return the `solo` constants of a SOLO model: given directly, wrapped in Ultralytics' AutoBackend, or exported."""
-    for m in (model, getattr(model, "model", None)):
-        yaml = getattr(m, "yaml", None)
-        if isinstance(yaml, dict) and "solo" in yaml:
-            return yaml["solo"]
-    solo = metadata_solo(getattr(model, "metadata", None) or {})
-    if solo:
-        return solo
-    raise TypeError(f"{type(model).__name__} is not a SOLO model: it carries no 'solo' constants")
+    if (m := solo_model(model)) is not None:
+        return DecodeSettings.from_settings(m.settings, m.layout)
+    settings = settings_from_metadata(getattr(model, "metadata", None) or {})
+    if settings is None:
+        raise TypeError(f"{type(model).__name__} is not a SOLO model: it carries no 'solo' settings")
+    if settings.strides is None:
+        raise TypeError("the export's 'solo' metadata has no level strides: export it again with this ultra-solo")
+    return DecodeSettings.from_settings(settings, GridLayout(settings.num_grids, settings.strides, settings.offsets))
 
 
 def register_safe_globals() -> None:

@@ -25,6 +25,8 @@ from torch import nn
 from ultralytics.nn.modules import Conv, DWConv
 
 from .head import SOLOHead, coord_features, normal_init, prior_bias, to_grid, with_coords
+from .layout import GridLayout
+from .settings import SOLOSettings
 
 _COORD_TERMS = weakref.WeakKeyDictionary()  # Conv -> (key, feature weights, coordinate term): see `conv_with_coords`
 
@@ -34,8 +36,8 @@ def conv_with_coords(layer: Conv, x: torch.Tensor) -> torch.Tensor:
 
     In inference mode (Ultralytics' predictor and validator; not traced, not FLOPs counting) the convolution is split: x
     convolved with the first C input channels' weights plus the CoordConv channels' share, a constant map per input size
-    computed once per size and weights (a conv over C + 2 channels costs about a quarter more than one over C = 64 on
-    CPU). Same values up to float rounding. Weights made in inference mode carry no version: they are not updated.
+    computed once per size and weights (the two extra channels cost more than their share on CPU: `benchmarks/ops.py`).
+    Same values up to float rounding. Weights made in inference mode carry no version: they are not updated.
     """
     if layer.training or not torch.is_inference_mode_enabled() or torch.jit.is_tracing():
         return layer(with_coords(x))
@@ -121,7 +123,8 @@ class PANMaskBranch(nn.Module):
 class SOLOPANHead(SOLOHead):
     """SOLO on a YOLO PAN trunk: one grid level per neck output (P3, P4, P5), mask features from the same outputs."""
 
-    in_strides = ((8, 16, 32),)
+    in_strides = (8, 16, 32)  # the neck's P3, P4, P5
+    strides = (8, 16, 32)  # one grid level per neck output
 
     def __init__(
         self,
@@ -145,7 +148,7 @@ class SOLOPANHead(SOLOHead):
             c_mask (int): Mask-branch channels.
             kernel_size (int): Dynamic kernel size E = mask-feature channels.
             num_grids (list[int]): Grid size S of each level (P3, P4, P5).
-            offsets (bool): Kernels get two more weights, for the cell-offset channels (`postprocess.add_cell_offsets`).
+            offsets (bool): Kernels get two more weights, for the cell-offset terms (`layout.GridLayout`).
             depthwise_cls (bool): Depthwise-separable category towers (`GridBranch`).
         """
         super().__init__()
@@ -153,11 +156,21 @@ class SOLOPANHead(SOLOHead):
             raise ValueError(f"SOLOPANHead has one grid per neck level (P3, P4, P5): num_grids {num_grids}")
         self.nc, self.kernel_size = nc, kernel_size
         self.num_grids = list(num_grids)
-        kernel_out = kernel_size + 2 * offsets
+        kernel_out = GridLayout(tuple(num_grids), self.strides, offsets).kernel_channels(kernel_size)
         self.grid_branches = nn.ModuleList(
             GridBranch(c, c_head, stacked, nc, kernel_out, depthwise_cls) for c in in_channels
         )
         self.mask_branch = PANMaskBranch(in_channels, c_mask, kernel_size)
+
+    @classmethod
+    def settings_kwargs(cls, settings: SOLOSettings) -> dict:
+        """The constructor arguments this head takes from a model's `solo` settings."""
+        return {"num_grids": settings.num_grids, "offsets": settings.offsets, "depthwise_cls": settings.depthwise_cls}
+
+    @property
+    def offsets(self) -> bool:
+        """Whether the kernels end with the two cell-offset weights, read off the kernel convolutions' widths."""
+        return self.grid_branches[0].kernel_pred.out_channels == self.kernel_size + 2
 
     def forward(self, feats: list[torch.Tensor]):
         """Run the head on the neck's P3, P4, P5; see `head.py` for the outputs of each mode."""

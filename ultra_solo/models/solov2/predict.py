@@ -7,8 +7,9 @@ from ultralytics.engine.results import Results
 from ultralytics.models.yolo.segment import SegmentationPredictor
 from ultralytics.utils import ops
 
-from .network import solo_config
-from .postprocess import DecodeSettings, detections, mask_boxes, upsample_masks, upsample_probs
+from .decode import detections
+from .network import decode_settings, decoded_by_solo
+from .resample import mask_boxes, upsample_masks, upsample_probs
 
 
 class SOLOPredictor(SegmentationPredictor):
@@ -22,12 +23,12 @@ class SOLOPredictor(SegmentationPredictor):
         >>> results = predictor()
     """
 
-    decodes_solo = True  # SOLO models refuse eval passes for other decoders (`network.check_decoder`)
-
     def setup_model(self, model, verbose: bool = True) -> None:
-        """Load the model and read the SOLO inference constants from it."""
+        """Load the model (Ultralytics' predictor makes its own copy), mark it as read by SOLO's decoding
+        (`network.decoded_by_solo`) and read the SOLO inference constants from it."""
         super().setup_model(model, verbose)
-        self.decode = DecodeSettings.from_solo(solo_config(self.model))
+        decoded_by_solo(self.model)
+        self.decode = decode_settings(self.model)
 
     def postprocess(self, preds, img: torch.Tensor, orig_imgs) -> list[Results]:
         """Decode each image of the batch into a `Results` in original-image pixels."""

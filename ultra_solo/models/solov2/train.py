@@ -11,6 +11,7 @@ from ultralytics.utils import DEFAULT_CFG, RANK
 from ultra_solo.utils.labels import naming_non_polygon_rows
 
 from .network import SOLOv2Model
+from .settings import SOLO_ARG_DEFAULTS
 from .val import SOLOValidator
 
 
@@ -22,9 +23,9 @@ def is_backbone_file(pretrained) -> bool:
 class SOLOTrainer(SegmentationTrainer):
     """Trainer for SOLOv2; datasets, augmentation, optimiser, EMA, checkpoints and logging are Ultralytics' own.
 
-    SOLO trains with `overlap_mask=False` unless told otherwise, so pixels an instance shares with a smaller one stay
-    in its mask target. `pretrained=True` loads ImageNet backbone weights from the torch hub cache when present,
-    `pretrained=path/to/resnet.pth` from that file, `pretrained=False` trains from scratch.
+    SOLO trains with `SOLO_ARG_DEFAULTS` (`overlap_mask=False`) unless told otherwise, so pixels an instance
+    shares with a smaller one stay in its mask target. `pretrained=True` loads ImageNet backbone weights from the torch
+    hub cache when present, `pretrained=path/to/resnet.pth` from that file, `pretrained=False` trains from scratch.
 
     Examples:
         >>> trainer = SOLOTrainer(overrides=dict(model="solov2-n.yaml", data="coco8-seg.yaml", epochs=3))
@@ -32,8 +33,8 @@ class SOLOTrainer(SegmentationTrainer):
     """
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
-        """Initialise the trainer, defaulting `overlap_mask` to False."""
-        super().__init__(cfg, {"overlap_mask": False, **(overrides or {})}, _callbacks)
+        """Initialise the trainer, taking SOLO's defaults for the arguments `overrides` does not set."""
+        super().__init__(cfg, {**SOLO_ARG_DEFAULTS, **(overrides or {})}, _callbacks)
 
     def setup_model(self):
         """Build the model; a `.pth` in `pretrained` is backbone weights for `get_model`, not a checkpoint to load."""

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from pathlib import Path
+
 import torch
 from ultralytics.models.yolo.segment import SegmentationValidator
-from ultralytics.utils import ops
+from ultralytics.nn.tasks import load_checkpoint
 
 from ultra_solo.utils.labels import naming_non_polygon_rows
 
-from .network import solo_config
-from .postprocess import DecodeSettings, detections, mask_boxes, upsample_masks, upsampled_mask_boxes
+from .decode import detections
+from .network import decode_settings, decoded_by_solo, solo_decoding
+from .resample import mask_boxes, upsample_masks, upsampled_mask_boxes
+from .settings import SOLO_ARG_DEFAULTS
 
 
 class SOLOValidator(SegmentationValidator):
@@ -17,17 +22,31 @@ class SOLOValidator(SegmentationValidator):
 
     Decoding keeps detections down to `conf` (0.001), as YOLO's validation does (SOLO's `filter_thr` is a predict
     default), and runs Matrix NMS across classes with `single_cls` or `agnostic_nms`, as YOLO's NMS does. Like the
-    trainer, it builds ground-truth masks with `overlap_mask=False` unless told otherwise, so `val()` on a checkpoint
-    scores against the same full (unoccluded) instance masks as validation during training.
+    trainer, it defaults Ultralytics' arguments as `SOLO_ARG_DEFAULTS` says (`overlap_mask=False`), so `val()` on a
+    checkpoint scores against the same full (unoccluded) instance masks as validation during training.
     """
 
-    decodes_solo = True  # SOLO models refuse eval passes for other decoders (`network.check_decoder`)
-
     def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks: dict | None = None) -> None:
-        """Initialise the validator, defaulting `overlap_mask` to False when `args` does not set it."""
+        """Initialise the validator, taking SOLO's defaults for the arguments `args` does not set."""
         if args is None or isinstance(args, dict):
-            args = {"overlap_mask": False, **(args or {})}
+            args = {**SOLO_ARG_DEFAULTS, **(args or {})}
         super().__init__(dataloader, save_dir, args, _callbacks)
+
+    def __call__(self, trainer=None, model=None, **kwargs):
+        """Validate; the trainer's EMA is marked as read by SOLO's decoding for this validation only."""
+        with solo_decoding(trainer.ema.ema) if trainer is not None else nullcontext():
+            return super().__call__(trainer, model, **kwargs)
+
+    def get_model(self, model, trainer=None, **kwargs):
+        """The model to validate: the trainer's EMA, or this validator's own copy of a model or checkpoint, marked as
+        read by SOLO's decoding (`network.decoded_by_solo`) before its first pass (a GPU warm-up)."""
+        model = super().get_model(model, trainer, **kwargs)
+        if trainer is None:
+            weights = model or self.args.model
+            if isinstance(weights, (str, Path)) and Path(weights).suffix == ".pt":
+                model = load_checkpoint(weights)[0]  # what AutoBackend would load, loaded here to be marked
+            decoded_by_solo(model)
+        return model
 
     def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
         """Build Ultralytics' YOLO dataset; label rows that are not polygons are named in the error."""
@@ -37,21 +56,26 @@ class SOLOValidator(SegmentationValidator):
     def init_metrics(self, model: torch.nn.Module) -> None:
         """Initialise metrics and read the SOLO inference constants from the model."""
         super().init_metrics(model)
-        self.decode = DecodeSettings.from_solo(solo_config(model))
+        self.decode = decode_settings(model)
+
+    @property
+    def native_masks(self) -> bool:
+        """Whether masks are scored at input resolution: Ultralytics' segment validator does so for `save_json` and
+        `save_txt` (native-resolution masks for COCO JSON and text labels), else at the mask stride 4."""
+        return bool(self.args.save_json or self.args.save_txt)
 
     def postprocess(self, preds) -> list[dict[str, torch.Tensor]]:
         """Decode the head's dense outputs into one dict per image.
 
         Returns:
             (list[dict[str, torch.Tensor]]): `bboxes` (n, 4) xyxy in input pixels, `conf` (n,) descending, `cls` (n,)
-                and `masks` (n, H/4, W/4), or (n, H, W) when `save_json`/`save_txt` asks for native resolution.
+                and `masks` (n, H/4, W/4), or (n, H, W) with `native_masks`.
         """
-        native = self.process is ops.process_mask_native
         agnostic = bool(self.args.single_cls or self.args.agnostic_nms)
         out = []
         for probs, conf, cls in detections(preds, self.decode, self.args.conf, self.args.max_det, agnostic=agnostic):
             size = [4 * x for x in probs.shape[1:]]  # input size: masks are at the mask-feature stride 4
-            if native:
+            if self.native_masks:
                 masks = upsample_masks(probs, size, self.decode.mask_thr)  # (n, H, W)
                 boxes = mask_boxes(masks)
             else:

@@ -1,4 +1,4 @@
-"""Matrix NMS and decoding against brute-force references, point NMS, decoding edge cases, class filters, mask boxes."""
+"""Matrix NMS and decoding against brute-force references, point NMS, decoding edge cases, class filters."""
 
 from __future__ import annotations
 
@@ -6,22 +6,13 @@ import math
 
 import pytest
 import torch
-from torchvision.ops import masks_to_boxes
 
+from ultra_solo.models.solov2.decode import DecodeSettings, decode, detections, matrix_nms
 from ultra_solo.models.solov2.head import point_nms
-from ultra_solo.models.solov2.postprocess import (
-    DecodeSettings,
-    cell_geometry,
-    decode,
-    detections,
-    mask_boxes,
-    matrix_nms,
-    upsample_masks,
-    upsample_probs,
-    upsampled_mask_boxes,
-)
+from ultra_solo.models.solov2.layout import GridLayout
 
-SETTINGS = DecodeSettings(num_grids=(4, 2), strides=(8, 16))  # R = 16 + 4 cells
+LAYOUT = GridLayout(num_grids=(4, 2), strides=(8, 16))  # R = 16 + 4 cells
+SETTINGS = DecodeSettings(LAYOUT)
 
 
 def brute_force_decay(masks, labels, kernel, sigma):
@@ -117,69 +108,6 @@ def test_decode_drops_masks_not_larger_than_stride():
     assert len(conf) == 0
 
 
-def test_mask_boxes_cover_whole_pixels():
-    masks = torch.zeros(2, 10, 12, dtype=torch.bool)
-    masks[0, 2:5, 3:9] = True  # rows 2-4, cols 3-8
-    boxes = mask_boxes(masks)
-    assert boxes.tolist() == [[3.0, 2.0, 9.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
-
-
-def test_mask_boxes_match_torchvision():
-    gen = torch.Generator().manual_seed(0)
-    masks = torch.rand(40, 33, 47, generator=gen) > 0.997  # sparse: scattered pixels, some empty masks
-    masks[:5] = False
-    masks[5, 0, 0] = masks[6, -1, -1] = True  # single pixels in the corners
-    filled = masks.flatten(1).any(1)
-    expected = torch.zeros(40, 4)
-    expected[filled] = masks_to_boxes(masks[filled]) + torch.tensor([0.0, 0.0, 1.0, 1.0])
-    assert torch.equal(mask_boxes(masks), expected)
-
-
-@pytest.mark.parametrize(
-    "where, size",
-    [
-        ((slice(5, 9), slice(3, 6)), (64, 96)),  # inside: only a window is upsampled
-        ((slice(0, 3), slice(20, 24)), (64, 96)),  # touching the top and right borders
-        ((slice(0, 16), slice(0, 24)), (64, 96)),  # everywhere
-        ((slice(5, 9), slice(3, 6)), (48, 72)),  # scale 3: not a power of two, everything is upsampled
-        ((slice(5, 9), slice(3, 6)), (50, 70)),  # not a multiple
-        ((slice(0, 0), slice(0, 0)), (64, 96)),  # no probability above the threshold
-    ],
-)
-def test_upsampled_masks_and_boxes_equal_upsampling_everything(where, size):
-    gen = torch.Generator().manual_seed(0)
-    probs = torch.rand(40, 16, 24, generator=gen) * 0.5  # 40 masks > one chunk of 32; all at most the threshold ...
-    probs[(slice(None), *where)] += torch.rand(40, 16, 24, generator=gen)[(slice(None), *where)]  # ... but here
-    probs[7] *= 0.5  # one mask with no probability above the threshold
-    probs[8] = 0.0
-    probs[8, 5, 5] = 0.51  # one whose only pixel above the threshold vanishes when upsampled
-    expected = upsample_probs(probs, size) > 0.5
-    assert torch.equal(upsample_masks(probs, size, 0.5), expected)
-    assert torch.equal(upsampled_mask_boxes(probs, size, 0.5), mask_boxes(expected))
-    assert upsample_masks(probs[:0], size, 0.5).shape == (0, *size)
-    assert upsampled_mask_boxes(probs[:0], size, 0.5).shape == (0, 4)
-
-
-@pytest.mark.parametrize("size", [(80, 120), (40, 60)])
-def test_boxes_of_masks_with_windows_of_every_size_equal_upsampling_everything(size):
-    gen = torch.Generator().manual_seed(1)
-    probs = torch.rand(100, 20, 30, generator=gen) * 0.5  # 100 masks: several chunks of windows of different sizes
-    for mask, (y, x, h, w) in zip(probs, torch.randint(0, 30, (100, 4), generator=gen).tolist()):
-        mask[y % 20 : y % 20 + h % 20 + 1, x : x + w + 1] += 0.6  # a rectangle of its own size, clipped at the borders
-    probs[::7] *= 0.5  # and masks with no probability above the threshold
-    assert torch.equal(upsampled_mask_boxes(probs, size, 0.5), mask_boxes(upsample_probs(probs, size) > 0.5))
-
-
-def test_cell_tables_are_cached_normal_tensors():
-    settings = DecodeSettings(num_grids=(3, 1), strides=(7, 21))  # grids no other test uses: built here first
-    with torch.inference_mode():  # first built while validating ...
-        strides, geometry = settings.cell_strides(), cell_geometry(settings.num_grids)
-    assert not strides.is_inference() and not geometry.is_inference()  # ... still usable by the loss in training
-    assert settings.cell_strides() is strides and cell_geometry(settings.num_grids) is geometry
-    assert strides.tolist() == [7.0] * 9 + [21.0]
-    assert geometry[4].tolist() == [0.5, 0.5, 3.0] and geometry[9].tolist() == [0.5, 0.5, 1.0]
-
-
 def random_dense_outputs(batch: int, gen: torch.Generator):
     """Dense outputs (B, 20, 3), (B, 20, 8), (B, 8, 16, 16) with many candidates, overlapping and small masks."""
     scores = torch.rand(batch, 20, 3, generator=gen) ** 2  # about 2/3 above conf 0.1, 45% above 0.3
@@ -192,19 +120,20 @@ def random_dense_outputs(batch: int, gen: torch.Generator):
 def brute_force_decode(scores, kernels, feats, settings, conf, max_det, agnostic=False):
     """The SOLOv2 decoding of one image written out candidate by candidate (MMDetection's order of steps).
 
-    With `settings.offsets` the last two kernel weights (a, b) of cell c add a * |x - cx| * S + b * |y - cy| * S at
-    each mask pixel, computed here pixel by pixel from the cell's row, column and grid size.
+    With `settings.layout.offsets` the last two kernel weights (a, b) of cell c add a * |x - cx| * S + b * |y - cy| * S
+    at each mask pixel, computed here pixel by pixel from the cell's row, column and grid size.
     """
-    strides, e, (h, w) = settings.cell_strides(), feats.shape[0], feats.shape[1:]
+    layout = settings.layout
+    strides, e, (h, w) = layout.cell_strides(), feats.shape[0], feats.shape[1:]
     found = []
     for cell, cls in (scores > conf).nonzero().tolist():
         logits = torch.einsum("e,ehw->hw", kernels[cell, :e], feats)
-        if settings.offsets:
+        if layout.offsets:
             level = next(
-                i for i, s in enumerate(settings.num_grids) if cell < sum(g * g for g in settings.num_grids[: i + 1])
+                i for i, s in enumerate(layout.num_grids) if cell < sum(g * g for g in layout.num_grids[: i + 1])
             )
-            s = settings.num_grids[level]
-            local = cell - sum(g * g for g in settings.num_grids[:level])
+            s = layout.num_grids[level]
+            local = cell - sum(g * g for g in layout.num_grids[:level])
             cy, cx = (local // s + 0.5) / s, (local % s + 0.5) / s
             for i in range(h):
                 for j in range(w):
@@ -225,7 +154,7 @@ def brute_force_decode(scores, kernels, feats, settings, conf, max_det, agnostic
 
 @pytest.mark.parametrize("agnostic, offsets", [(False, False), (True, False), (False, True)])
 def test_decode_matches_brute_force(agnostic, offsets):
-    settings = DecodeSettings(num_grids=(4, 2), strides=(8, 16), nms_pre=60, offsets=offsets)
+    settings = DecodeSettings(GridLayout((4, 2), (8, 16), offsets), nms_pre=60)
     scores, kernels, feats = random_dense_outputs(3, torch.Generator().manual_seed(3))
     if offsets:  # two more kernel weights, mostly negative: masks fade with the distance from their cell
         kernels = torch.cat(
@@ -246,7 +175,7 @@ def test_decode_matches_brute_force(agnostic, offsets):
 def test_graph_decode_matches_python_path(nms_pre, max_det):
     """The end2end graph's decode (K = nms_pre for every image) gives the Python path's detections (K = candidates
     above conf), padded with zero scores; decoded at conf 0.1 and then filtered at 0.3, the detections of conf 0.3."""
-    settings = DecodeSettings(num_grids=(4, 2), strides=(8, 16), nms_pre=nms_pre)
+    settings = DecodeSettings(LAYOUT, nms_pre=nms_pre)
     dense = random_dense_outputs(4, torch.Generator().manual_seed(2))
     graph = decode(*dense, settings, conf=0.1, max_det=max_det)
     assert graph[0].shape == graph[1].shape == (4, min(max_det, nms_pre)) and graph[2].shape[2:] == (16, 16)
@@ -258,7 +187,7 @@ def test_graph_decode_matches_python_path(nms_pre, max_det):
         assert torch.allclose(graph[0][i, :n], conf, atol=1e-6) and torch.equal(graph[1][i, :n], cls)
         assert torch.allclose(graph[2][i, :n], probs, atol=1e-6)
     assert found > 8
-    end2end = DecodeSettings(num_grids=(4, 2), strides=(8, 16), nms_pre=nms_pre, end2end=True)
+    end2end = DecodeSettings(LAYOUT, nms_pre=nms_pre, end2end=True)
     for (p1, c1, k1), (p2, c2, k2) in zip(detections(graph, end2end, 0.3, 3), detections(dense, settings, 0.3, 3)):
         assert torch.equal(k1, k2) and torch.allclose(c1, c2, atol=1e-6) and torch.allclose(p1, p2, atol=1e-6)
 

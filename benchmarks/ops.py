@@ -1,0 +1,100 @@
+"""Benchmark the CPU operator choices of SOLO's inference path against the plain operators they replace.
+
+Each row times one choice on the inputs it was made for (medians; same process, same inputs, results checked equal):
+- `resample.above` (a comparison into the input's float dtype) vs `x > thr` into bool, and its cast to float;
+- `decode.take_rows` (one `index_select`) vs `gather` with an expanded index;
+- `resample.mask_boxes` (uint8 `amax`) vs `torchvision.ops.masks_to_boxes` (boolean reductions);
+- `pan_head.conv_with_coords` in inference mode (CoordConv channels' share cached per size) vs the conv over C + 2
+  channels it replaces.
+
+Run (about 20 s on 2 idle CPU cores):
+    python benchmarks/ops.py
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+import torch
+from timing import median_ms
+from torchvision.ops import masks_to_boxes
+from ultralytics.nn.modules import Conv
+
+from ultra_solo.models.solov2.decode import take_rows
+from ultra_solo.models.solov2.head import with_coords
+from ultra_solo.models.solov2.pan_head import conv_with_coords
+from ultra_solo.models.solov2.resample import above, mask_boxes
+
+
+def row(name: str, ours, plain, device: torch.device, args: argparse.Namespace) -> str:
+    """Time both callables and return a table row: name, ours, plain (us) and the ratio."""
+    a = median_ms(ours, device, args.warmup, args.repeats) * 1000
+    b = median_ms(plain, device, args.warmup, args.repeats) * 1000
+    return f"{name:<52}{a:>10.0f}{b:>10.0f}{b / a:>8.1f}x"
+
+
+def comparisons(gen: torch.Generator) -> list[tuple]:
+    """`above` vs comparisons into bool, on 1 x 20 x 6400 floats (candidates' probabilities at imgsz 320)."""
+    x = torch.rand(1, 20, 6400, generator=gen)
+    assert torch.equal(above(x, 0.5).bool(), x > 0.5)
+    return [
+        ("x > 0.5 on 1x20x6400 floats", partial(above, x, 0.5), partial(torch.gt, x, 0.5)),
+        ("(x > 0.5) as floats", partial(above, x, 0.5), lambda: (x > 0.5).float()),
+    ]
+
+
+def rows(gen: torch.Generator) -> list[tuple]:
+    """`take_rows` vs `gather`, 20 of 20 rows of 6400 floats."""
+    x, index = torch.rand(1, 20, 6400, generator=gen), torch.randperm(20, generator=gen)[None]
+
+    def gather():
+        return x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
+
+    assert torch.equal(take_rows(x, index), gather())
+    return [("rows of 1x20x6400 by index", partial(take_rows, x, index), gather)]
+
+
+def boxes(gen: torch.Generator) -> list[tuple]:
+    """`mask_boxes` vs torchvision's `masks_to_boxes` on 4 and 500 masks of 320 x 320."""
+    out = []
+    for n in (4, 500):
+        masks = torch.rand(n, 320, 320, generator=gen) > 0.999
+        masks[:, 10, 10] = True  # no empty mask (torchvision's boxes of empty masks differ)
+        assert torch.equal(mask_boxes(masks), masks_to_boxes(masks) + torch.tensor([0.0, 0.0, 1.0, 1.0]))
+        out.append((f"boxes of {n} masks 320x320", partial(mask_boxes, masks), partial(masks_to_boxes, masks)))
+    return out
+
+
+def coord_conv(gen: torch.Generator) -> list[tuple]:
+    """`conv_with_coords` in inference mode vs the 3x3 conv over 64 + 2 channels at 40 x 40."""
+    layer = Conv(64 + 2, 64, 3).eval()
+    x = torch.rand(1, 64, 40, 40, generator=gen)
+
+    def ours():
+        with torch.inference_mode():
+            return conv_with_coords(layer, x)
+
+    def plain():
+        with torch.inference_mode():
+            return layer(with_coords(x))
+
+    torch.testing.assert_close(ours(), plain())
+    return [("3x3 conv over 64 + 2 CoordConv channels at 40x40", ours, plain)]
+
+
+def main() -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=200)
+    args = parser.parse_args()
+    gen, device = torch.Generator().manual_seed(0), torch.device("cpu")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} runs")
+    print(f"{'operation':<52}{'ours us':>10}{'plain us':>10}{'ratio':>9}")
+    for name, ours, plain in comparisons(gen) + rows(gen) + boxes(gen) + coord_conv(gen):
+        print(row(name, ours, plain, device, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The grid and kernel layout: cell tables, the mask logits of a kernel (brute force), and the loss's logits tied to
+decoding's for the same cells."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ultra_solo.models.solov2.decode import DecodeSettings, decode
+from ultra_solo.models.solov2.head import flatten_levels
+from ultra_solo.models.solov2.layout import GridLayout
+from ultra_solo.models.solov2.loss import positive_mask_logits
+from ultra_solo.models.solov2.network import SOLOv2Model
+
+
+def test_cell_tables_are_cached_normal_tensors():
+    layout = GridLayout(num_grids=(3, 1), strides=(7, 21))  # grids no other test uses: built here first
+    with torch.inference_mode():  # first built while validating ...
+        strides, geometry = layout.cell_strides(), layout.cell_geometry()
+    assert not strides.is_inference() and not geometry.is_inference()  # ... still usable by the loss in training
+    assert layout.cell_strides() is strides and layout.cell_geometry() is geometry
+    assert strides.tolist() == [7.0] * 9 + [21.0]
+    assert geometry[4].tolist() == [0.5, 0.5, 3.0] and geometry[9].tolist() == [0.5, 0.5, 1.0]
+    assert geometry[5].tolist() == pytest.approx([5 / 6, 0.5, 3.0])  # row 1, column 2 of the 3 x 3 level
+    assert layout.num_cells == 10 and layout.level_sizes() == [9, 1]
+
+
+def brute_force_logit(layout: GridLayout, kernel: torch.Tensor, feats: torch.Tensor, cell: int) -> torch.Tensor:
+    """One cell's mask logits (h, w) written out pixel by pixel from its level, row and column."""
+    e, (h, w) = feats.shape[0], feats.shape[1:]
+    logits = torch.einsum("e,ehw->hw", kernel[:e], feats)
+    if not layout.offsets:
+        return logits
+    first = 0
+    for s in layout.num_grids:
+        if cell < first + s * s:
+            break
+        first += s * s
+    row, col = divmod(cell - first, s)
+    for i in range(h):
+        for j in range(w):
+            dx, dy = abs((j + 0.5) / w - (col + 0.5) / s) * s, abs((i + 0.5) / h - (row + 0.5) / s) * s
+            logits[i, j] += kernel[e] * dx + kernel[e + 1] * dy
+    return logits
+
+
+def test_mask_logits_match_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    for offsets in (False, True):
+        layout = GridLayout((4, 2), (8, 16), offsets)
+        e = 3
+        kernels = torch.randn(2, 20, layout.kernel_channels(e), generator=gen)
+        feats = torch.randn(2, e, 6, 10, generator=gen)  # not square: x and y distances differ
+        cells = torch.tensor([[0, 5, 17], [19, 3, 16]])
+        got = layout.mask_logits(torch.stack([k[c] for k, c in zip(kernels, cells)]), feats, cells)
+        for b in range(2):
+            for i, c in enumerate(cells[b].tolist()):
+                torch.testing.assert_close(got[b, i], brute_force_logit(layout, kernels[b, c], feats[b], c))
+
+
+def test_loss_masks_are_decodes_masks_for_the_same_cells():
+    """The loss's mask logits of its positive cells are the logits decoding makes for those cells as candidates."""
+    torch.manual_seed(0)
+    model = SOLOv2Model("yolo11n-solo.yaml", nc=3, verbose=False)  # cell offsets on: the whole kernel layout
+    layout = model.layout
+    assert layout.offsets and layout.num_grids == (40, 20, 10) and model.init_criterion().layout == layout
+    raw = model(torch.rand(2, 3, 128, 128))  # training mode: raw outputs
+    kernels, feats = flatten_levels(raw["kernels"]), raw["mask_feats"]  # (2, R, E + 2), (2, E, 32, 32)
+    pos = torch.zeros(2, layout.num_cells, dtype=torch.bool)
+    cells = {0: [3, 1650, 2050], 1: [0, 1700, 2099]}  # every level, both images
+    for b, c in cells.items():
+        pos[b, c] = True
+    loss_logits = positive_mask_logits(layout, kernels, feats, pos)  # (P, h, w) in pos.nonzero() order
+    settings = DecodeSettings(layout, mask_thr=0.0)  # every pixel in every mask: no candidate dropped as small
+    for b, c in cells.items():
+        scores = torch.zeros(1, layout.num_cells, 3)
+        scores[0, c, range(3)] = torch.tensor([0.9, 0.8, 0.7])  # one class per cell: no Matrix NMS decay
+        score, cls, probs = decode(scores, kernels[b : b + 1].detach(), feats[b : b + 1].detach(), settings, 0.1, 10)
+        assert int((score > 0).sum()) == 3  # the three cells, then empty slots
+        ours = loss_logits[[i for i, (ib, _) in enumerate(pos.nonzero().tolist()) if ib == b]].sigmoid()
+        by_class = dict(zip(cls[0, :3].tolist(), probs[0, :3]))
+        for k in range(3):  # class k is cell c[k]
+            torch.testing.assert_close(by_class[k], ours[k].detach(), rtol=0, atol=1e-6)

@@ -1,0 +1,62 @@
+"""Mask resampling: thresholded upsampled masks and their boxes, windowed exactly as upsampling everything."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import masks_to_boxes
+
+from ultra_solo.models.solov2.resample import mask_boxes, upsample_masks, upsample_probs, upsampled_mask_boxes
+
+
+def test_mask_boxes_cover_whole_pixels():
+    masks = torch.zeros(2, 10, 12, dtype=torch.bool)
+    masks[0, 2:5, 3:9] = True  # rows 2-4, cols 3-8
+    boxes = mask_boxes(masks)
+    assert boxes.tolist() == [[3.0, 2.0, 9.0, 5.0], [0.0, 0.0, 0.0, 0.0]]
+
+
+def test_mask_boxes_match_torchvision():
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(40, 33, 47, generator=gen) > 0.997  # sparse: scattered pixels, some empty masks
+    masks[:5] = False
+    masks[5, 0, 0] = masks[6, -1, -1] = True  # single pixels in the corners
+    filled = masks.flatten(1).any(1)
+    expected = torch.zeros(40, 4)
+    expected[filled] = masks_to_boxes(masks[filled]) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert torch.equal(mask_boxes(masks), expected)
+
+
+@pytest.mark.parametrize(
+    "where, size",
+    [
+        ((slice(5, 9), slice(3, 6)), (64, 96)),  # inside: only a window is upsampled
+        ((slice(0, 3), slice(20, 24)), (64, 96)),  # touching the top and right borders
+        ((slice(0, 16), slice(0, 24)), (64, 96)),  # everywhere
+        ((slice(5, 9), slice(3, 6)), (48, 72)),  # scale 3: not a power of two, everything is upsampled
+        ((slice(5, 9), slice(3, 6)), (50, 70)),  # not a multiple
+        ((slice(0, 0), slice(0, 0)), (64, 96)),  # no probability above the threshold
+    ],
+)
+def test_upsampled_masks_and_boxes_equal_upsampling_everything(where, size):
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(40, 16, 24, generator=gen) * 0.5  # 40 masks > one chunk of 32; all at most the threshold ...
+    probs[(slice(None), *where)] += torch.rand(40, 16, 24, generator=gen)[(slice(None), *where)]  # ... but here
+    probs[7] *= 0.5  # one mask with no probability above the threshold
+    probs[8] = 0.0
+    probs[8, 5, 5] = 0.51  # one whose only pixel above the threshold vanishes when upsampled
+    expected = upsample_probs(probs, size) > 0.5
+    assert torch.equal(upsample_masks(probs, size, 0.5), expected)
+    assert torch.equal(upsampled_mask_boxes(probs, size, 0.5), mask_boxes(expected))
+    assert upsample_masks(probs[:0], size, 0.5).shape == (0, *size)
+    assert upsampled_mask_boxes(probs[:0], size, 0.5).shape == (0, 4)
+
+
+@pytest.mark.parametrize("size", [(80, 120), (40, 60)])
+def test_boxes_of_masks_with_windows_of_every_size_equal_upsampling_everything(size):
+    gen = torch.Generator().manual_seed(1)
+    probs = torch.rand(100, 20, 30, generator=gen) * 0.5  # 100 masks: several chunks of windows of different sizes
+    for mask, (y, x, h, w) in zip(probs, torch.randint(0, 30, (100, 4), generator=gen).tolist()):
+        mask[y % 20 : y % 20 + h % 20 + 1, x : x + w + 1] += 0.6  # a rectangle of its own size, clipped at the borders
+    probs[::7] *= 0.5  # and masks with no probability above the threshold
+    assert torch.equal(upsampled_mask_boxes(probs, size, 0.5), mask_boxes(upsample_probs(probs, size) > 0.5))

@@ -1,0 +1,206 @@
+"""SOLOv2 inference from the head's dense outputs: the one decode of the validator, the predictor and end2end graphs.
+
+Per image: score threshold (Ultralytics' `conf`) -> top `nms_pre` (cell, class) candidates -> dynamic 1x1 convolution
+(`GridLayout.mask_logits`) -> mask threshold -> drop masks no larger than their level's stride -> maskness rescoring ->
+Matrix NMS -> scores of at least `conf` (predict: max(conf, filter_thr)) -> `max_det`. The 2x2 point NMS runs in the
+head, so exported graphs include it. One function, `decode`, does this for a whole batch with fixed sizes: end2end
+graphs run it, and the Python postprocess runs it image by image with only the candidates above `conf`.
+
+Shape shorthand in this module:
+    B: images; R: grid cells over all levels; nc: number of classes; E: mask-feature channels
+    K: candidates of one image; D: detection slots of one image; n: detections of one image
+    h, w: mask-feature height and width (input / 4)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .layout import GridLayout
+from .resample import above
+from .settings import SOLOSettings
+
+
+def dense_outputs(preds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (scores, kernels, mask features) from the eval `(dense, raw)` pair or an export's three outputs."""
+    return preds[0] if isinstance(preds[-1], dict) else preds
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    """What decoding needs: the head's grid and kernel layout and the SOLO inference constants."""
+
+    layout: GridLayout
+    nms_pre: int = 500
+    mask_thr: float = 0.5
+    kernel: str = "gaussian"
+    sigma: float = 2.0
+    filter_thr: float = 0.05
+    end2end: bool = False  # outputs are an end2end export's decoded detections, not dense outputs
+
+    @classmethod
+    def from_settings(cls, settings: SOLOSettings, layout: GridLayout) -> DecodeSettings:
+        """The decoding part of a model's settings, with its head's layout."""
+        constants = {k: getattr(settings, k) for k in ("nms_pre", "mask_thr", "kernel", "sigma", "filter_thr")}
+        return cls(layout, end2end=settings.end2end is not None, **constants)
+
+
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `x[b, index[b]]` of every image b: (B, K, ...) and (B, D) -> (B, D, ...).
+
+    One `index_select` over the flattened batch, several times faster on CPU than `gather` with an expanded index
+    (`benchmarks/ops.py`).
+    """
+    b, k = x.shape[:2]
+    flat = (index + torch.arange(b, device=index.device)[:, None] * k).flatten()  # (B * D,)
+    return x.flatten(0, 1).index_select(0, flat).view(b, index.shape[1], *x.shape[2:])
+
+
+def matrix_nms(masks: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, kernel="gaussian", sigma=2.0):
+    """Matrix NMS: the score decay of each mask from its overlap with higher-scored masks of the same class.
+
+    The decay of mask j is the minimum over higher-scored masks k of f(iou_kj) / f(c_k), where c_k is the largest IoU
+    of mask k with any mask scored above it (its own suppression), and f(x) = exp(-sigma * x^2) (gaussian) or
+    1 - x (linear). Uses no `triu`, so it exports to ONNX Runtime. Leading batch dimensions (...) are allowed.
+
+    Args:
+        masks (torch.Tensor): (..., n, M) binary masks, flattened, sorted by descending score.
+        labels (torch.Tensor): (..., n) class of each mask.
+        areas (torch.Tensor): (..., n) pixel count of each mask.
+        kernel (str): 'gaussian' or 'linear'.
+        sigma (float): Gaussian kernel width.
+
+    Returns:
+        (torch.Tensor): (..., n) decay coefficients in (0, 1].
+    """
+    masks = masks.float()
+    return overlap_decay(masks @ masks.transpose(-1, -2), labels, areas, kernel, sigma)
+
+
+def overlap_decay(inter: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, kernel="gaussian", sigma=2.0):
+    """`matrix_nms` from the masks' pairwise intersections (..., n, n) (pixel counts), masks sorted by descending score.
+
+    Decoding computes the intersections before it sorts and sorts their rows and columns: n x n values, not n masks.
+    """
+    n = inter.shape[-1]
+    if n == 0:
+        return areas.new_ones(areas.shape, dtype=torch.float32)
+    inter, areas = inter.float(), areas.float()
+    iou = inter / (areas[..., :, None] + areas[..., None, :] - inter).clamp_min(1)
+    order = torch.arange(n, device=inter.device)
+    same = labels[..., :, None] == labels[..., None, :]
+    iou = iou * ((order[:, None] < order[None, :]) & same)  # (..., n, n): only k above j, same class
+    own = iou.max(-2).values  # (..., n) c_k
+    if kernel == "gaussian":
+        decay = torch.exp(-sigma * (iou.square() - own.square()[..., :, None]))
+    elif kernel == "linear":
+        decay = (1 - iou) / (1 - own[..., :, None]).clamp_min(1e-6)
+    else:
+        raise ValueError(f"Matrix NMS kernel must be 'gaussian' or 'linear', not '{kernel}'")
+    return decay.min(-2).values
+
+
+def decode(
+    scores: torch.Tensor,
+    kernels: torch.Tensor,
+    mask_feats: torch.Tensor,
+    settings: DecodeSettings,
+    conf: float,
+    max_det: int,
+    k: int | None = None,
+    agnostic: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode a batch with fixed sizes: the one decode of the Python postprocess and of end2end graphs.
+
+    Each image's top K (cell, class) candidates go through every step; a candidate scored at most `conf`, or whose mask
+    is no larger than its level's stride, gets score 0, which sorts it below every kept candidate, so it changes no
+    other candidate's Matrix NMS decay. Scores below `conf` after Matrix NMS are 0 too.
+
+    Args:
+        scores (torch.Tensor): (B, R, nc) category scores after point NMS.
+        kernels (torch.Tensor): (B, R, C) dynamic kernels, laid out as `settings.layout` says.
+        mask_feats (torch.Tensor): (B, E, h, w) mask features.
+        settings (DecodeSettings): SOLO inference constants.
+        conf (float): Score threshold for candidates and for final detections.
+        max_det (int): Maximum detections.
+        k (int, optional): Candidates per image, K, at most `nms_pre` (the default, used by graphs). The Python path
+            passes the number of scores above `conf`, which gives the same detections with less work.
+        agnostic (bool): Matrix NMS across classes (Ultralytics' `agnostic_nms`, `single_cls`).
+
+    Returns:
+        (tuple): Scores (B, D) in descending order (0 marks an empty slot), classes (B, D) and mask probabilities
+            (B, D, h, w), D = min(max_det, K).
+    """
+    scores, kernels, mask_feats = scores.float(), kernels.float(), mask_feats.float()
+    nc = scores.shape[2]
+    k = min(settings.nms_pre, scores.shape[1] * nc, settings.nms_pre if k is None else k)
+    score, index = scores.flatten(1).topk(k)  # (B, K)
+    cell, cls = index // nc, index % nc
+    layout = settings.layout
+    logits = layout.mask_logits(take_rows(kernels, cell), mask_feats, cell).flatten(2)  # (B, K, h*w)
+    probs = logits.sigmoid()
+    masks = above(probs, settings.mask_thr)  # (B, K, h*w) 0/1
+    area = masks.sum(2)  # (B, K)
+    kept = (score > conf) & (area > layout.cell_strides(scores.device)[cell])
+    score = torch.where(kept, score * (probs * masks).sum(2) / area.clamp_min(1), 0.0)  # maskness
+    inter = masks @ masks.transpose(1, 2)  # (B, K, K) intersections, in candidate order
+    score, order = score.sort(1, descending=True)
+    rows = inter.gather(1, order[..., None].expand_as(inter))
+    inter = rows.gather(2, order[:, None].expand_as(inter))  # (B, K, K) in score order
+    area, cls = area.gather(1, order), cls.gather(1, order)
+    labels = torch.zeros_like(cls) if agnostic else cls  # one class for Matrix NMS: every mask decays every other
+    score = score * overlap_decay(inter, labels, area, settings.kernel, settings.sigma)
+    score = torch.where(score >= conf, score, 0.0)
+    score, top = score.topk(min(max_det, k))  # (B, D), indices into the sorted candidates
+    unsorted = order.gather(1, top)  # (B, D) the same candidates before sorting, as `probs` holds them
+    probs = take_rows(probs, unsorted)  # (B, D, h*w)
+    probs = probs.view(probs.shape[0], probs.shape[1], mask_feats.shape[2], mask_feats.shape[3])  # dynamic in graphs
+    return score, cls.gather(1, top), probs
+
+
+def detections(
+    preds,
+    settings: DecodeSettings,
+    conf: float,
+    max_det: int,
+    min_score: float | None = None,
+    classes: list[int] | None = None,
+    agnostic: bool = False,
+) -> list[tuple]:
+    """Detections of every image of a batch: (mask probabilities (n, h, w), scores (n,) descending, classes (n,)).
+
+    Args:
+        preds: The head's dense outputs (decoded here by `decode`, image by image with as many candidates as it has
+            scores above `conf`), or the outputs of an end2end export (decoded in the graph with the export's `conf`,
+            `max_det` and `agnostic`).
+        settings (DecodeSettings): SOLO inference constants.
+        conf (float): Score threshold for candidates and for final detections.
+        max_det (int): Maximum detections per image.
+        min_score (float, optional): Final score threshold, default `conf` (predict passes max(conf, filter_thr)).
+        classes (list[int], optional): Keep only these classes (filtered before Matrix NMS, as YOLO's NMS does).
+        agnostic (bool): Class-agnostic Matrix NMS.
+    """
+    min_score = conf if min_score is None else min_score
+    if settings.end2end:
+        decoded = zip(*preds)  # (D,), (D,), (D, h, w) per image, scores descending
+    else:
+        scores, kernels, mask_feats = dense_outputs(preds)
+        if classes is not None:
+            keep = torch.zeros(scores.shape[-1], device=scores.device)
+            keep[[c for c in classes if c < len(keep)]] = 1
+            scores = scores * keep
+        decoded = []
+        for s, ker, f in zip(scores, kernels, mask_feats):  # (R, nc), (R, C), (E, h, w) per image
+            image = decode(s[None], ker[None], f[None], settings, conf, max_det, int((s > conf).sum()), agnostic)
+            decoded.append([t[0] for t in image])
+    out = []
+    for score, cls, probs in decoded:
+        n = int(((score > 0) & (score >= min_score)).sum())  # scores descend: the detections kept come first
+        probs, score, cls = probs[:n], score[:n], cls[:n].long()  # views, no copies
+        if classes is not None and settings.end2end:  # end2end graphs decode every class
+            keep = torch.isin(cls, torch.tensor(classes, device=cls.device))
+            probs, score, cls = probs[keep], score[keep], cls[keep]
+        out.append((probs[:max_det], score[:max_det], cls[:max_det]))
+    return out

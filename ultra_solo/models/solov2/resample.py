@@ -1,0 +1,139 @@
+"""Mask resampling: mask probabilities at the mask-feature stride to thresholded masks and boxes at input resolution.
+
+SOLO's masks are bilinear upsamplings of probabilities (n, h, w) thresholded at `mask_thr`. Where the scale is one power
+of two for both sides (`windowable`), only the windows that hold pixels above the threshold are upsampled, with the very
+values and boxes of upsampling everything (tested bitwise). Boxes come from the masks' rows and columns (SOLO predicts
+no boxes).
+
+Shape shorthand in this module:
+    n: masks; h, w: mask-feature height and width; H, W: the size masks are upsampled to
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def above(x: torch.Tensor, thr: float) -> torch.Tensor:
+    """`x > thr` as 0/1 values of x's dtype; `.bool()` of it is the bool mask.
+
+    On CPU a comparison into x's own dtype is several times faster than one into bool, and so is casting floats to bool
+    rather than bool to floats (`benchmarks/ops.py`). Traced graphs compare as usual.
+    """
+    if torch.jit.is_tracing():
+        return (x > thr).to(x.dtype)
+    return torch.gt(x, thr, out=torch.empty_like(x))
+
+
+def upsample_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Upsample mask probabilities (n, h, w) bilinearly to `size`, (n, *size)."""
+    if len(probs) == 0:
+        return probs.new_zeros((0, *size))
+    return F.interpolate(probs[None], size, mode="bilinear", align_corners=False)[0]
+
+
+def windowable(probs: torch.Tensor, size: tuple[int, int]) -> int:
+    """The scale from mask features (n, h, w) to `size` if it is one power of two for both sides, else 0.
+
+    Then the bilinear upsampling of a window of the features, offset by whole pixels, has the very interpolation weights
+    of upsampling them all (exact scale), and every output pixel outside the window of rows and columns that hold a
+    probability above the threshold, one more on each side, interpolates values at or below it: `feature_windows`.
+    """
+    h, w = probs.shape[1:]
+    scale = size[0] // h
+    return scale if tuple(size) == (scale * h, scale * w) and scale & (scale - 1) == 0 else 0
+
+
+def feature_windows(probs: torch.Tensor, thr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per mask, the window of the mask features that upsampling needs to find its pixels above `thr` (`windowable`).
+
+    Returns:
+        (tuple): Windows (n, 4) as rows r0:r1 and columns c0:c1 (the rows and columns holding a probability above
+            `thr`, one more on each side), and (n,) whether the mask has any probability above `thr`.
+    """
+    h, w = probs.shape[1:]
+    x1, y1, x2, y2 = boxes_above(probs, thr).long().unbind(1)
+    windows = torch.stack(((y1 - 1).clamp_min(0), (y2 + 1).clamp_max(h), (x1 - 1).clamp_min(0), (x2 + 1).clamp_max(w)))
+    return windows.T, x2 > 0
+
+
+def upsample_masks(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk: int = 32) -> torch.Tensor:
+    """Upsample mask probabilities (n, h, w) bilinearly to `size` and threshold them, `chunk` masks at a time.
+
+    Where `windowable`, only the window that holds every mask's pixels is upsampled; the masks are the same.
+    """
+    n, h, w = probs.shape
+    out = torch.zeros((n, *size), dtype=torch.bool, device=probs.device)
+    r0, r1, c0, c1 = 0, h, 0, w  # window of the mask features
+    if n and windowable(probs, size):
+        window, filled = feature_windows(probs.amax(0, keepdim=True), thr)  # of the pixels any mask holds
+        if not filled[0]:
+            return out
+        r0, r1, c0, c1 = window[0].tolist()
+    y0, y1, x0, x1 = r0 * size[0] // h, r1 * size[0] // h, c0 * size[1] // w, c1 * size[1] // w
+    crop = probs[:, r0:r1, c0:c1]
+    for i in range(0, n, chunk):
+        out[i : i + chunk, y0:y1, x0:x1] = above(upsample_probs(crop[i : i + chunk], (y1 - y0, x1 - x0)), thr).bool()
+    return out
+
+
+def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk: int = 32) -> torch.Tensor:
+    """`mask_boxes(upsample_masks(probs, size, thr))`, (n, 4), upsampling each mask's own window only (`windowable`).
+
+    Validation boxes up to 300 masks per image, most of them small: their windows hold a few percent of the pixels.
+    Masks are taken in order of window area, `chunk` at a time (`window_boxes`).
+    """
+    scale = windowable(probs, size)
+    if not scale:
+        return mask_boxes(upsample_masks(probs, size, thr))
+    boxes = probs.new_zeros((len(probs), 4))
+    windows, filled = feature_windows(probs, thr)
+    index = filled.nonzero().view(-1)  # (m,) masks with a probability above thr
+    extent = windows[index, 1::2] - windows[index, 0::2]  # (m, 2) window heights and widths
+    index = index[extent.prod(1).argsort()]
+    for i in range(0, len(index), chunk):
+        ids = index[i : i + chunk]
+        boxes[ids] = window_boxes(probs[ids], windows[ids], scale, thr)
+    return boxes
+
+
+def window_boxes(probs: torch.Tensor, windows: torch.Tensor, scale: int, thr: float) -> torch.Tensor:
+    """Boxes (n, 4) of masks (n, h, w) upsampled by `scale` (a power of two) and thresholded, from their `windows`.
+
+    One batched upsampling of same-size crops, each the largest window's size and holding its mask's own window: a crop
+    larger than the window, offset by whole pixels, gives the window's pixels the very values upsampling everything
+    gives them, and its other pixels stay at or below `thr` (`windowable`).
+    """
+    h, w = probs.shape[1:]
+    r0, r1, c0, c1 = windows.unbind(1)  # (n,) each
+    hc, wc = int((r1 - r0).max()), int((c1 - c0).max())  # crop size
+    top, left = r0.clamp_max(h - hc), c0.clamp_max(w - wc)  # (n,) crop origins: inside the features, over the window
+    rows = top[:, None] + torch.arange(hc, device=probs.device)  # (n, hc)
+    cols = left[:, None] + torch.arange(wc, device=probs.device)  # (n, wc)
+    crops = probs[torch.arange(len(probs), device=probs.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    box = boxes_above(upsample_probs(crops, (hc * scale, wc * scale)), thr)  # (n, 4) in the crops
+    origin = torch.stack((left, top, left, top), 1) * scale  # (n, 4)
+    return (box + origin) * (box[:, 2:3] > 0)  # empty once upsampled: zeros
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Return xyxy boxes (n, 4) enclosing binary masks (n, H, W), edges on pixel borders; zeros for empty masks.
+
+    Reduces uint8 views with `amax`, not `torchvision.ops.masks_to_boxes`, whose boolean `any` reductions are several
+    times slower on CPU (`benchmarks/ops.py`); every prediction's box comes from its mask.
+    """
+    m = masks.view(torch.uint8) if masks.dtype == torch.bool else (masks != 0).to(torch.uint8)
+    return extent_boxes(m.amax(2), m.amax(1))
+
+
+def boxes_above(probs: torch.Tensor, thr: float) -> torch.Tensor:
+    """`mask_boxes(probs > thr)` from the maxima of rows and columns, without thresholding every pixel."""
+    return extent_boxes(above(probs.amax(2), thr), above(probs.amax(1), thr))
+
+
+def extent_boxes(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Boxes (n, 4) from 0/1 values (n, H) and (n, W) that mark the rows and columns holding mask pixels."""
+    y1, x1 = rows.argmax(1), cols.argmax(1)  # first filled row / column
+    y2, x2 = rows.shape[1] - rows.flip(1).argmax(1), cols.shape[1] - cols.flip(1).argmax(1)  # last one's far edge
+    return torch.stack((x1, y1, x2, y2), 1).float() * rows.amax(1, keepdim=True)  # empty masks: 0

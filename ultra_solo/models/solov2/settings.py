@@ -1,0 +1,95 @@
+"""SOLO's settings: the model YAML's `solo` block, read in one place, and the Ultralytics defaults SOLO changes.
+
+Ultralytics' `train()` rejects keys it does not know, so SOLO's own constants live in the model YAML (`solo:`) and
+travel with checkpoints (`model.yaml`) and exports (metadata). `SOLOSettings.from_dict` is the one reader of that block:
+it checks every key and gives the head, the loss and decoding typed values.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import asdict, dataclass, fields
+
+SOLO_ARG_DEFAULTS = {"overlap_mask": False}  # Ultralytics arguments SOLO's trainer and validator default differently:
+# per-instance ground-truth masks, so pixels an instance shares with a smaller one stay in its target
+
+
+@dataclass(frozen=True)
+class SOLOSettings:
+    """The `solo` block of a model YAML (README, "SOLO settings").
+
+    Attributes:
+        num_grids (tuple[int, ...]): S x S grid cells of each head level.
+        scale_ranges (tuple[tuple[float, float], ...]): sqrt(w * h) / imgsz of the instances each level learns.
+        strides (tuple[int, ...] | None): Level strides. The head knows its own (`SOLOHead.layout`); a YAML may state
+            them, and they must then agree. Exports carry the head's.
+        offsets (bool): Two cell-offset weights per kernel (`layout.GridLayout`).
+        depthwise_cls (bool): Depthwise-separable category towers (`SOLOPANHead`).
+        pos_scale (float): Positive cells lie within pos_scale x (w/2, h/2) of the mask's centre of mass.
+        cls_weight, mask_weight (float): Focal and dice loss weights.
+        focal_alpha, focal_gamma (float): Focal loss constants.
+        nms_pre (int): Candidates decoded per image.
+        mask_thr (float): Mask probability threshold.
+        kernel (str): Matrix NMS decay, 'gaussian' or 'linear'.
+        sigma (float): Matrix NMS gaussian width.
+        filter_thr (float): Predict's minimum score after Matrix NMS.
+        end2end (dict | None): An end2end export's fixed `conf`, `max_det` and `agnostic` (its metadata only).
+    """
+
+    num_grids: tuple[int, ...]
+    scale_ranges: tuple[tuple[float, float], ...]
+    strides: tuple[int, ...] | None = None
+    offsets: bool = False
+    depthwise_cls: bool = False
+    pos_scale: float = 0.2
+    cls_weight: float = 1.0
+    mask_weight: float = 3.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    nms_pre: int = 500
+    mask_thr: float = 0.5
+    kernel: str = "gaussian"
+    sigma: float = 2.0
+    filter_thr: float = 0.05
+    end2end: dict | None = None
+
+    @classmethod
+    def from_dict(cls, block: dict, source: str = "model YAML") -> SOLOSettings:
+        """Read a `solo` block, naming `source` and the key in any error.
+
+        Raises:
+            ValueError: For an unknown key, a missing required key or a value of the wrong kind.
+        """
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(block) - known):
+            raise ValueError(f"unknown 'solo' key(s) {unknown} in {source}; known keys: {sorted(known)}")
+        if missing := [k for k in ("num_grids", "scale_ranges") if k not in block]:
+            raise ValueError(f"'solo' block of {source} lacks {missing}")
+        values = dict(block)
+        try:
+            values["num_grids"] = tuple(int(s) for s in block["num_grids"])
+            values["scale_ranges"] = tuple((float(lo), float(hi)) for lo, hi in block["scale_ranges"])
+            if block.get("strides") is not None:
+                values["strides"] = tuple(int(s) for s in block["strides"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"'solo' block of {source}: num_grids, scale_ranges or strides malformed ({e})") from None
+        if len(values["scale_ranges"]) != len(values["num_grids"]):
+            raise ValueError(f"'solo' block of {source}: one scale range per grid level is needed")
+        if values.get("kernel", "gaussian") not in {"gaussian", "linear"}:
+            raise ValueError(f"'solo' block of {source}: kernel must be 'gaussian' or 'linear': {block['kernel']!r}")
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        """The settings as a `solo` block of plain values (None entries left out)."""
+        d = asdict(self)
+        d["num_grids"], d["scale_ranges"] = list(self.num_grids), [list(r) for r in self.scale_ranges]
+        if self.strides is not None:
+            d["strides"] = list(self.strides)
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def settings_from_metadata(metadata: dict) -> SOLOSettings | None:
+    """The settings an export carries in its metadata `solo` (ONNX stores metadata values as strings); None if none."""
+    solo = metadata.get("solo")
+    solo = ast.literal_eval(solo) if isinstance(solo, str) else solo
+    return SOLOSettings.from_dict(solo, "the export's metadata") if solo else None
