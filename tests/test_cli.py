@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import DATASETS
+
+COCO8 = DATASETS / "coco8-seg" / "data.yaml"
 CLI = shutil.which("ultra-solo", path=str(Path(sys.executable).parent)) or "ultra-solo"
 SMALL = ["imgsz=64", "batch=4", "workers=0", "mosaic=0", "fliplr=0", "hsv_h=0", "hsv_s=0", "hsv_v=0"]
 
@@ -74,6 +77,7 @@ def test_export_onnx_then_predict(trained, coco8):
         (["export", "model=solov2-n.yaml", "format=openvino"], "format='openvino' is not supported"),
         (["compare", "models=yolo11n-seg.yaml,solov2-n.yaml"], "compare needs data=... and models="),
         (["train", "models=a.yaml"], "'models' is not a valid ultra-solo argument"),
+        (["compare", f"data={COCO8}", "models=yolo11n-seg.yaml", "seeds=0,0"], "seeds=(0, 0): expected distinct"),
         (["segment", "train", "data=coco8-seg.yaml"], "data=coco8-seg.yaml: not found on disk and could not be down"),
     ],
 )

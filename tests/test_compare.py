@@ -13,7 +13,7 @@ from ultralytics.data.utils import check_det_dataset
 from ultralytics.utils import YAML
 
 from ultra_solo.compare import compare
-from ultra_solo.compare.args import ArgumentMismatchError, check_same_args
+from ultra_solo.compare.args import ArgumentMismatchError, SeedsError, check_same_args
 from ultra_solo.compare.cocoeval import coco_metrics, ground_truth
 from ultra_solo.compare.speed import inference_latency
 
@@ -87,6 +87,31 @@ def test_a_run_with_other_arguments_is_refused(compared, coco8):
     with pytest.raises(ArgumentMismatchError, match="'mosaic'"):
         compare(data=str(coco8), models="yolo11n-seg.yaml,yolo11n-solo.yaml", project=compared.parent,
                 **{**TINY, "mosaic": 1.0})  # fmt: skip
+
+
+def test_seeds_train_every_model_once_per_seed_and_report_paired_intervals(coco8, tmp_path):
+    models = "yolo11n-seg.yaml,yolo11n-solo.yaml"
+    no_seed = {k: v for k, v in TINY.items() if k != "seed"}
+    with pytest.raises(SeedsError, match="not both"):
+        compare(data=str(coco8), models=models, project=tmp_path, seeds="0,1", **TINY)
+    folder = compare(data=str(coco8), models=models, project=tmp_path, seeds="0,1", cocoeval=False, picture_images=0,
+                     **{**no_seed, "latency_images": 1})  # fmt: skip
+    for model in ("yolo11n-seg", "yolo11n-solo"):
+        for seed in (0, 1):
+            assert YAML.load(folder / f"{model}-seed{seed}" / "args.yaml")["seed"] == seed
+    header, *rows = (folder / "summary.csv").read_text().splitlines()
+    cols = header.split(",")
+    assert [(r.split(",")[0], r.split(",")[cols.index("seed")]) for r in rows] == [
+        ("yolo11n-seg.yaml", "0"), ("yolo11n-seg.yaml", "1"), ("yolo11n-solo.yaml", "0"), ("yolo11n-solo.yaml", "1")
+    ]  # fmt: skip
+    report = (folder / "report.md").read_text()
+    assert "## Over seeds" in report
+    assert "### yolo11n-solo.yaml minus yolo11n-seg.yaml, paired by seed (2 seeds: 0, 1)" in report
+    assert report.startswith("# Comparison: yolo11n-seg.yaml, yolo11n-solo.yaml\n")
+    assert "- seed: one per run (the seed column)" in report
+    verdicts = ("higher than yolo11n-seg.yaml", "lower than yolo11n-seg.yaml", "no difference shown")
+    rows = [line for line in report.splitlines() if line.startswith("| mask mAP50-95 |")]
+    assert len(rows) == 1 and any(v in rows[0] for v in verdicts)
 
 
 def ground_truth_predictions(gt: dict) -> list[dict]:

@@ -25,6 +25,7 @@ Examples:
     ultra-solo segment track model=runs/segment/train/weights/best.pt source=video.mp4
     ultra-solo export model=runs/segment/train/weights/best.pt format=onnx
     ultra-solo compare data=data.yaml models=yolo11n-seg.yaml,solov2-n.yaml epochs=50 imgsz=640 batch=16
+    ultra-solo compare data=data.yaml models=yolo11n-seg.yaml,yolo11n-solo.yaml seeds=0,1,2 epochs=10 imgsz=320
 
 Models: yolo11n-solo.yaml ... yolo11x-solo.yaml, yolo26n-solo.yaml ... (SOLO heads on YOLO trunks),
     solov2-n.yaml ... solov2-l.yaml (ResNet-18/34/50/101 + FPN), or a trained .pt
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] in {"version", "-v", "--version"}:
         print(__version__)
         return 0
-    from ultra_solo.compare.args import ArgumentMismatchError
+    from ultra_solo.compare.args import ArgumentMismatchError, SeedsError
     from ultra_solo.models.solov2.export import MissingExtraError, UnsupportedFormatError
     from ultra_solo.utils.labels import DatasetError
 
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         MissingExtraError,
         UnsupportedFormatError,
         ArgumentMismatchError,
+        SeedsError,
         DatasetError,
     ) as e:
         print(f"ultra-solo: {e}", file=sys.stderr)

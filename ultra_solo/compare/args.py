@@ -13,19 +13,25 @@ class ArgumentMismatchError(ValueError):
     """Two runs of a comparison were (or would be) trained with different arguments."""
 
 
-def check_same_args(files: dict[str, Path]) -> dict:
-    """Check that the runs' `args.yaml` files agree on every key but the model and output names.
+class SeedsError(ValueError):
+    """`seeds=` is malformed or given together with `seed=`."""
+
+
+def check_same_args(files: dict[str, Path], per_run: set[str] | frozenset[str] = frozenset()) -> dict:
+    """Check that the runs' `args.yaml` files agree on every key but the model and output names (and `per_run`).
 
     Args:
-        files (dict[str, Path]): Model name -> its run's `args.yaml`.
+        files (dict[str, Path]): Run name -> its `args.yaml`.
+        per_run (set[str]): Keys each run sets for itself (`seed` in a comparison with seeds).
 
     Returns:
-        (dict): The shared arguments.
+        (dict): The shared arguments (without the per-run keys).
 
     Raises:
         ArgumentMismatchError: Naming the first differing key and its values.
     """
-    args = {name: {k: v for k, v in YAML.load(f).items() if k not in RUN_SPECIFIC} for name, f in files.items()}
+    skip = RUN_SPECIFIC | set(per_run)
+    args = {name: {k: v for k, v in YAML.load(f).items() if k not in skip} for name, f in files.items()}
     (first, reference), *others = args.items()
     for name, a in others:
         for key in sorted(reference.keys() | a.keys()):

@@ -25,7 +25,7 @@ from ultra_solo.models.solov2.cfg import find_model_yaml
 from ultra_solo.models.solov2.model import SOLO
 from ultra_solo.models.solov2.settings import SOLO_ARG_DEFAULTS
 
-from .args import check_same_args
+from .args import SeedsError, check_same_args
 from .cocoeval import coco_metrics_from_file, ground_truth, with_coco_predictions
 from .pictures import write_predictions
 from .report import plot_curves, write_report, write_summary
@@ -55,11 +55,12 @@ def model_class(spec: str) -> type:
 
 
 class Run:
-    """One model's training run inside the comparison folder."""
+    """One model's training run inside the comparison folder: `<model>/`, or `<model>-seed<k>/` with `seeds`."""
 
-    def __init__(self, spec: str, folder: Path):
-        """Locate the run of model `spec` in `folder`."""
-        self.spec, self.name, self.folder = spec, Path(spec).stem, folder
+    def __init__(self, spec: str, folder: Path, seed: int | None = None):
+        """Locate the run of model `spec` (trained with `seed`, when the comparison has seeds) in `folder`."""
+        self.spec, self.seed, self.folder = spec, seed, folder
+        self.name = Path(spec).stem if seed is None else f"{Path(spec).stem}-seed{seed}"
         self.cls = model_class(spec)
         self.dir = folder / self.name
         self.last, self.best = self.dir / "weights" / "last.pt", self.dir / "weights" / "best.pt"
@@ -70,7 +71,8 @@ class Run:
 
     def train_kwargs(self, train_args: dict) -> dict:
         """The `train()` arguments of this run."""
-        return {**train_args, "project": str(self.folder), "name": self.name, "exist_ok": True}
+        seed = {} if self.seed is None else {"seed": self.seed}
+        return {**train_args, **seed, "project": str(self.folder), "name": self.name, "exist_ok": True}
 
     def effective_args(self, train_args: dict, scratch: Path) -> Path:
         """Have the model's own trainer write the `args.yaml` this run gets, into `scratch`; return that file."""
@@ -120,7 +122,8 @@ def evaluate(run: Run, model, val_args: dict, gt: dict | None) -> dict:
     """Score a run's best.pt (`model`) with the shared validator settings; add size and training time."""
     validator = model._smart_load("validator")
     metrics = model.val(validator=with_coco_predictions(validator) if gt else validator, name=run.name, **val_args)
-    row = {"model": run.spec, "weights": run.weights(), **metrics.results_dict}
+    seed = {} if run.seed is None else {"seed": run.seed}
+    row = {"model": run.spec, **seed, "weights": run.weights(), **metrics.results_dict}
     if gt:
         row |= coco_metrics_from_file(gt, metrics.save_dir / "predictions.json")
     _, params, _, flops = model.info(imgsz=val_args["imgsz"])
@@ -131,17 +134,39 @@ def evaluate(run: Run, model, val_args: dict, gt: dict | None) -> dict:
 
 
 def check_arguments(runs: list[Run], train_args: dict) -> dict:
-    """Check, before any training, that every run gets the same arguments, also runs already in the folder."""
+    """Check, before any training, that every run gets the same arguments but its seed (with `seeds`), also runs
+    already in the folder."""
     scratch = runs[0].folder / ".args"
+    seeded = runs[0].seed is not None
     try:
-        requested = {run.spec: run.effective_args(train_args, scratch) for run in runs}
-        shared = check_same_args(requested)
+        requested = {run.name: run.effective_args(train_args, scratch) for run in runs}
+        shared = check_same_args(requested, per_run={"seed"} if seeded else set())
         for run in runs:
             if (run.dir / "args.yaml").is_file():  # an earlier run of this comparison: same arguments or stop
-                check_same_args({f"{run.spec} now": requested[run.spec], f"{run.spec} before": run.dir / "args.yaml"})
+                check_same_args({f"{run.name} now": requested[run.name], f"{run.name} before": run.dir / "args.yaml"})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return shared
+
+
+def parse_seeds(seeds: str | int | list[int] | None, train_args: dict) -> list[int | None]:
+    """The comparison's seeds: [None] (one run per model, with `seed` as given) or the distinct integers of `seeds`.
+
+    Raises:
+        SeedsError: For `seeds` together with `seed`, or seeds that are not distinct integers.
+    """
+    if seeds is None:
+        return [None]
+    if "seed" in train_args:
+        raise SeedsError(f"give seeds={seeds} or seed={train_args['seed']}, not both: with seeds each run gets its own")
+    items = seeds.split(",") if isinstance(seeds, str) else [seeds] if isinstance(seeds, int) else list(seeds)
+    try:
+        parsed = [int(str(s).strip()) for s in items]
+    except ValueError:
+        raise SeedsError(f"seeds={seeds!r}: expected integers such as seeds=0,1,2") from None
+    if not parsed or len(set(parsed)) != len(parsed):
+        raise SeedsError(f"seeds={seeds!r}: expected distinct integers such as seeds=0,1,2")
+    return parsed
 
 
 def compare(
@@ -152,6 +177,7 @@ def compare(
     cocoeval: bool = True,
     latency_images: int = 16,
     picture_images: int = 4,
+    seeds: str | int | list[int] | None = None,
     **train_args,
 ) -> Path:
     """Train and compare models under identical settings; returns the folder with report.md and summary.csv.
@@ -166,6 +192,9 @@ def compare(
             and Boundary AP (ground truth built from the YOLO labels).
         latency_images (int): Validation images used for the latency measurement.
         picture_images (int): Validation images shown in predictions.jpg (0: no picture).
+        seeds (str | int | list[int], optional): Train every model once per seed ('0,1,2'), each in its own run
+            folder `<model>-seed<k>`; the report adds mean ± std over seeds and, for every model against the first,
+            the per-seed paired difference with a 95 % t interval. Not together with `seed`.
         **train_args: Ultralytics training arguments shared by every model (epochs, imgsz, batch, seed, ...).
 
     Returns:
@@ -174,8 +203,9 @@ def compare(
     specs = [m.strip() for m in models.split(",")] if isinstance(models, str) else list(models)
     folder = Path(project or RUNS_DIR / "compare").resolve() / name
     check_dict_alignment(DEFAULT_CFG_DICT, train_args)
+    seed_list = parse_seeds(seeds, train_args)
     train_args = {**SHARED_DEFAULTS, **train_args, "data": data}
-    runs = [Run(spec, folder) for spec in specs]
+    runs = [Run(spec, folder, seed) for spec in specs for seed in seed_list]
     if len({r.name for r in runs}) != len(runs):
         raise ValueError(f"models {specs} must have distinct file names: each gets the folder {folder}/<name>")
     shared = check_arguments(runs, train_args)
@@ -188,11 +218,14 @@ def compare(
     val_set = YOLODataset(img_path=data_dict["val"], data=data_dict, task="segment", augment=False)
     gt = ground_truth(val_set, data_dict["names"]) if cocoeval else None
     images = sorted(Path(f) for f in val_set.im_files)[:latency_images]
-    models = {run.name: run.cls(run.best) for run in runs}
-    rows = [evaluate(run, models[run.name], val_args, gt) for run in runs]
+    rows = [evaluate(run, run.cls(run.best), val_args, gt) for run in runs]
+    first = {}  # model spec -> its first seed's run: latency and the picture, which the seed does not change
+    for run in runs:
+        first.setdefault(run.spec, run)
+    models = {Path(spec).stem: run.cls(run.best) for spec, run in first.items()}
     predict = {"imgsz": val_args["imgsz"], "device": val_args.get("device")}
     latency = inference_latency(models, images, **predict)
-    rows = [{**row, "latency_ms": latency[run.name]["total"]} for row, run in zip(rows, runs)]
+    rows = [{**row, "latency_ms": latency[Path(run.spec).stem]["total"]} for row, run in zip(rows, runs)]
 
     write_summary(folder / "summary.csv", rows)
     plot_curves(folder / "curves.png", {run.name: run.dir / "results.csv" for run in runs})
@@ -209,6 +242,11 @@ def compare(
         "training h": "wall time of the run from results.csv, including per-epoch validation",
         "weights": "what each model started from, as its trainer loaded it",
     }
+    if seed_list != [None]:
+        notes["seeds"] = (
+            f"every model trained once per seed {seed_list} (the only argument that differs between its runs);"
+            " latency and the picture from each model's first seed"
+        )
     if gt:
         notes["COCO columns"] = (
             "faster-coco-eval on the validator's own predictions (native-resolution masks, conf down to the validator's"

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import torch
 
+from .stats import mean_std, paired_t_interval
+
 COLUMNS = {  # summary key -> report header ({imgsz}: the evaluation size)
     "model": "model",
+    "seed": "seed",
     "weights": "weights",
     "params_M": "params (M)",
     "GFLOPs": "GFLOPs@{imgsz}",
@@ -74,7 +77,7 @@ def fmt(key: str, value) -> str:
 
 
 def write_summary(file: Path, rows: list[dict]) -> None:
-    """summary.csv: one row per model, the report's columns under their metric keys."""
+    """summary.csv: one row per model (and seed), the report's columns under their metric keys."""
     keys = [k for k in COLUMNS if any(k in r for r in rows)]
     with open(file, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
@@ -90,21 +93,64 @@ def table(rows: list[dict], imgsz: int) -> str:
     return "\n".join(lines)
 
 
+PER_MODEL = {"model", "seed", "weights", "params_M", "GFLOPs", "latency_ms"}  # not spread over seeds
+
+
+def by_model(rows: list[dict]) -> dict[str, dict[int, dict]]:
+    """Rows grouped as {model: {seed: row}}, models in their order."""
+    groups: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        groups.setdefault(r["model"], {})[r["seed"]] = r
+    return groups
+
+
+def seed_sections(rows: list[dict], imgsz: int) -> list[str]:
+    """Markdown: mean ± std over seeds per model, then every model's per-seed paired differences from the first."""
+    keys = [k for k in COLUMNS if k not in PER_MODEL and all(isinstance(r.get(k), (int, float)) for r in rows)]
+    groups = by_model(rows)
+    header = "| model | seeds | " + " | ".join(COLUMNS[k].format(imgsz=imgsz) for k in keys) + " |"
+    text = ["## Over seeds", "", "Mean ± sample standard deviation over each model's seeds.", "", header]
+    text.append("|" + "---|" * (len(keys) + 2))
+    for model, runs in groups.items():
+        cells = [mean_std([r[k] for r in runs.values()]) for k in keys]
+        spread = " | ".join(f"{fmt(k, m)} ± {fmt(k, sd)}" for k, (m, sd) in zip(keys, cells))
+        text.append(f"| {model} | {', '.join(map(str, runs))} | {spread} |")
+    (reference, ref_runs), *others = groups.items()
+    for model, runs in others:
+        seeds = [s for s in ref_runs if s in runs]
+        text += [
+            "",
+            f"### {model} minus {reference}, paired by seed ({len(seeds)} seeds: {', '.join(map(str, seeds))})",
+            "",
+            "95 % interval: mean difference ± t(0.975, n - 1) x sd / sqrt(n) over the per-seed differences.",
+            "",
+            "| metric | mean difference | 95 % interval | what it says |",
+            "|---|---|---|---|",
+        ]
+        for k in keys:
+            iv = paired_t_interval([runs[s][k] for s in seeds], [ref_runs[s][k] for s in seeds])
+            bounds = "-" if iv.n < 2 else f"[{iv.low:+.4f}, {iv.high:+.4f}]"
+            says = iv.verdict(model, reference)
+            text.append(f"| {COLUMNS[k].format(imgsz=imgsz)} | {iv.mean:+.4f} | {bounds} | {says} |")
+    return [*text, ""]
+
+
 def write_report(file: Path, rows: list[dict], train_args: dict, val_args: dict, notes: dict[str, str]) -> None:
     """report.md: the table, how each column was measured, the machine, versions and every argument."""
     env = environment(train_args.get("device"))
     text = [
-        f"# Comparison: {', '.join(r['model'] for r in rows)}",
+        f"# Comparison: {', '.join(dict.fromkeys(r['model'] for r in rows))}",
         "",
         table(rows, val_args["imgsz"]),
         "",
         *(f"- {k}: {v}" for k, v in notes.items()),
         "",
+        *(seed_sections(rows, val_args["imgsz"]) if any("seed" in r for r in rows) else []),
         *(["![predictions](predictions.jpg)", "", PICTURE, ""] if (file.parent / "predictions.jpg").is_file() else []),
         "## Machine and versions",
         "",
         *(f"- {k}: {v}" for k, v in env.items()),
-        f"- seed: {train_args.get('seed')}",
+        f"- seed: {train_args.get('seed', 'one per run (the seed column)')}",
         "",
         "## Training arguments (identical for every model; checked on each run's args.yaml)",
         "",

@@ -1,0 +1,53 @@
+"""Differences between models over seeds: mean, standard deviation and a paired t interval, in plain words."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over n seeds with its `level` confidence interval (low, high); NaN bounds for fewer than 2 seeds."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    level: float = 0.95
+
+    def verdict(self, model: str, reference: str) -> str:
+        """Say whether the interval shows a difference, in words a reader cannot misread."""
+        pct = f"{self.level:.0%}"
+        if self.n < 2:
+            return f"no interval: {self.n} seed (give seeds=0,1,... to tell a difference from noise)"
+        if self.low > 0:
+            return f"{model} higher than {reference}: the {pct} interval lies above 0"
+        if self.high < 0:
+            return f"{model} lower than {reference}: the {pct} interval lies below 0"
+        return f"no difference shown: the {pct} interval includes 0"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired_t_interval(values: list[float], reference: list[float], level: float = 0.95) -> Interval:
+    """The mean of the per-seed differences values[k] - reference[k], with a t interval over the n seeds.
+
+    mean ± t(1 - (1 - level) / 2, n - 1) * sd / sqrt(n); with identical differences the interval has width 0.
+    """
+    if len(values) != len(reference):
+        raise ValueError(f"paired differences need one value per seed on both sides, got {len(values)} and "
+                         f"{len(reference)}")  # fmt: skip
+    diffs = [v - r for v, r in zip(values, reference)]
+    n = len(diffs)
+    mean, sd = mean_std(diffs)
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, n, level)
+    half = stats.t.ppf(1 - (1 - level) / 2, n - 1) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, level)
