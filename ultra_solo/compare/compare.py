@@ -218,11 +218,12 @@ def compare(
     val_set = YOLODataset(img_path=data_dict["val"], data=data_dict, task="segment", augment=False)
     gt = ground_truth(val_set, data_dict["names"]) if cocoeval else None
     images = sorted(Path(f) for f in val_set.im_files)[:latency_images]
-    rows = [evaluate(run, run.cls(run.best), val_args, gt) for run in runs]
+    loaded = {run.name: run.cls(run.best) for run in runs}
+    rows = [evaluate(run, loaded[run.name], val_args, gt) for run in runs]
     first = {}  # model spec -> its first seed's run: latency and the picture, which the seed does not change
     for run in runs:
         first.setdefault(run.spec, run)
-    models = {Path(spec).stem: run.cls(run.best) for spec, run in first.items()}
+    models = {Path(spec).stem: loaded[run.name] for spec, run in first.items()}
     predict = {"imgsz": val_args["imgsz"], "device": val_args.get("device")}
     latency = inference_latency(models, images, **predict)
     rows = [{**row, "latency_ms": latency[Path(run.spec).stem]["total"]} for row, run in zip(rows, runs)]
