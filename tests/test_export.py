@@ -53,7 +53,7 @@ def test_onnxruntime_runs_the_graph(exported, weights):
     images = torch.rand(2, 3, IMGSZ, IMGSZ)
     scores, kernels, feats = session.run(None, {"images": images.numpy()})
     model = SOLO(weights).model.float().eval()
-    cells, e = model.layout.num_cells, model.yaml["scales"]["n"]["kernel"]
+    cells, e = model.layout.num_cells, model.model[-1].kernel_size
     assert scores.shape == (2, cells, 80) and kernels.shape == (2, cells, e + 2) and feats.shape == (2, e, 40, 40)
     with torch.no_grad(), solo_decoding(model):
         (ref_scores, _, ref_feats), _ = model(images)

@@ -156,87 +156,41 @@ def test_yolo_solo_rows_are_ultralytics_seg_rows(family):
 
     ours, seg = load_model_yaml(f"{family}-solo.yaml"), YAML.load(ROOT / "cfg" / "models" / YOLO_SOLO[family])
     assert ours["backbone"] == seg["backbone"] and ours["head"][:-1] == seg["head"][:-1]
-    assert {k: [v["depth"], v["width"], v["max_channels"]] for k, v in ours["scales"].items()} == seg["scales"]
+    assert ours["scales"] == seg["scales"]
+    assert ours["head"][-1][3] == seg["head"][-1][3]  # [nc, nm, npr], scaled as Segment's
 
 
 @pytest.mark.parametrize("family", YOLO_SOLO)
-def test_every_yolo_solo_scale_builds_on_the_seg_trunk(family):
+def test_every_yolo_solo_scale_mirrors_the_seg_model(family):
+    """Trunk identical; head = Segment's class, mask-coefficient and Proto branches (SOLO's extra inputs aside)."""
     from ultralytics.nn.tasks import SegmentationModel
 
     params = []
-    for scale, values in load_model_yaml(f"{family}-solo.yaml")["scales"].items():
-        model = SOLOv2Model(f"{family}{scale}-solo.yaml", nc=5, verbose=False)
-        seg = SegmentationModel(f"{family}{scale}-seg.yaml", nc=5, verbose=False)
-        head = f"model.{len(seg.model) - 1}."
-        trunk = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(head)}
-        assert trunk == {k: v.shape for k, v in seg.state_dict().items() if not k.startswith(head)}, scale
-        h = model.model[-1]
-        assert h.f == [16, 19, 22] and h.num_grids == [40, 20, 10]
-        branch = h.grid_branches[0]
-        assert len(branch.cls_tower) == values["stacked"] == len(branch.kernel_tower)
-        assert branch.kernel_tower[0].conv.out_channels == values["head"]
-        depthwise, pointwise = branch.cls_tower[0]  # depthwise-separable category tower, as YOLO11's class branch
-        c_in = branch.kernel_tower[0].conv.in_channels - 2  # the kernel tower also reads 2 CoordConv channels
-        assert depthwise.conv.groups == depthwise.conv.out_channels == c_in and depthwise.conv.kernel_size == (3, 3)
-        assert pointwise.conv.kernel_size == (1, 1) and pointwise.conv.out_channels == values["head"]
-        assert h.mask_branch.out.conv.out_channels == values["kernel"]  # E mask features
-        assert branch.kernel_pred.out_channels == values["kernel"] + 2  # E weights + 2 for the cell-offset channels
-        assert h.mask_branch.fuse.conv.out_channels == values["mask"] and branch.cls_pred.out_channels == 5
+    for scale in load_model_yaml(f"{family}-solo.yaml")["scales"]:
+        for nc in (1, 80):
+            model = SOLOv2Model(f"{family}{scale}-solo.yaml", nc=nc, verbose=False)
+            seg = SegmentationModel(f"{family}{scale}-seg.yaml", nc=nc, verbose=False)
+            head = f"model.{len(seg.model) - 1}."
+            ours = {k: v.shape for k, v in model.state_dict().items()}
+            theirs = {k: v.shape for k, v in seg.state_dict().items()}
+            trunk = {k: v for k, v in ours.items() if not k.startswith(head)}
+            assert trunk == {k: v for k, v in theirs.items() if not k.startswith(head)}, scale
+            h = model.model[-1]
+            assert h.f == [16, 19, 22] and h.num_grids == [40, 20, 10]
+            widened = {head + k: d for k, d in h.widened_params().items()}
+            branches = [k for k in theirs if k.startswith(tuple(head + p for p in ("cv3.", "cv4.", "proto.")))]
+            for k in branches:
+                if ".semseg." in k:  # YOLO26's training-only semantic head: SOLO has none
+                    assert k not in ours
+                    continue
+                expected = list(theirs[k])
+                if k in widened:
+                    expected[widened[k]] += 2  # two CoordConv input channels, or two cell-offset kernel weights
+                assert list(ours[k]) == expected, (scale, nc, k)
+            extra = {k for k in ours if k.startswith(head)} - set(branches)
+            assert all(".feat_refine." in k for k in extra) and (family == "yolo11") == bool(extra)  # P4/P5 laterals
         params.append(sum(p.numel() for p in model.parameters()))
     assert params == sorted(params)
-
-
-def test_category_towers_are_full_convolutions_without_depthwise_cls():
-    model = SOLOv2Model(ABLATION / "yolo11n-solo-conv-cls.yaml", nc=5, verbose=False)
-    for branch in model.model[-1].grid_branches:
-        assert all(conv.conv.kernel_size == (3, 3) and conv.conv.groups == 1 for conv in branch.cls_tower)
-    assert sum(p.numel() for p in model.parameters()) > sum(
-        p.numel() for p in SOLOv2Model("yolo11n-solo.yaml", nc=5, verbose=False).parameters()
-    )
-
-
-def test_yolo_seg_checkpoint_fills_the_trunk(tmp_path, caplog):
-    from ultralytics.nn.tasks import SegmentationModel
-
-    torch.manual_seed(0)
-    seg = SegmentationModel("yolo11n-seg.yaml", nc=80, verbose=False)
-    file = tmp_path / "yolo11n-seg.pt"
-    torch.save({"model": seg.half(), "train_args": {}}, file)  # Ultralytics stores checkpoints in fp16
-    saved = seg.state_dict()
-    model = SOLO("yolo11n-solo.yaml")
-    with caplog.at_level(logging.INFO, logger="ultralytics"):
-        model.load(str(file))
-    state = model.model.state_dict()
-    trunk = [k for k in state if not k.startswith("model.23.")]
-    assert set(trunk) == {k for k in saved if not k.startswith("model.23.")}
-    assert all(torch.equal(state[k], saved[k].float()) for k in trunk)
-    assert f"{len(trunk)}/{len(trunk)} trunk and 0/" in caplog.text and "trunk and 0/" in model.model.weights_source
-
-
-def test_pretrained_argument_loads_the_trunk_for_training(coco8, tmp_path):
-    from ultralytics.nn.tasks import SegmentationModel
-
-    from .conftest import NO_AUGMENT
-
-    torch.manual_seed(1)
-    file = tmp_path / "yolo11n-seg.pt"
-    torch.save({"model": SegmentationModel("yolo11n-seg.yaml", nc=80, verbose=False).half(), "train_args": {}}, file)
-    saved = torch.load(file, weights_only=False)["model"].state_dict()
-    started = {}
-
-    def record(trainer):  # the model as the trainer built and loaded it, before any step
-        state = trainer.model.state_dict()
-        started["equal"] = all(
-            torch.equal(v, saved[k].float()) for k, v in state.items() if not k.startswith("model.23.")
-        )
-        started["source"] = trainer.model.weights_source
-
-    model = SOLO("yolo11n-solo.yaml")
-    model.add_callback("on_pretrain_routine_end", record)
-    model.train(data=str(coco8), pretrained=str(file), epochs=1, imgsz=64, batch=4, workers=0, val=False,
-                project=str(tmp_path), name="run", **NO_AUGMENT)  # fmt: skip
-    trunk = sum(not k.startswith("model.23.") for k in saved)
-    assert started["equal"] and started["source"].startswith(f"SegmentationModel checkpoint: {trunk}/{trunk} trunk")
 
 
 def test_solo_block_errors_name_the_key_and_file(tmp_path):

@@ -114,7 +114,8 @@ def started_from(trainer) -> str:
     checkpoint = model or (str(args.pretrained) if isinstance(args.pretrained, (str, Path)) else None)
     source = getattr(unwrap_model(trainer.model), "weights_source", None)
     if source is not None:
-        return f"{source} ({checkpoint})" if checkpoint and source != "scratch" else source
+        named = not checkpoint or source == "scratch" or Path(checkpoint).name in source
+        return source if named else f"{source} ({checkpoint})"
     return f"checkpoint {checkpoint}" if checkpoint else "scratch"
 
 

@@ -70,9 +70,10 @@ def load_model_yaml(cfg: str | Path) -> dict:
 def resolve_scale(d: dict) -> dict:
     """Return a copy of a model dict with the scale's named values substituted into its rows.
 
-    Each scale is a mapping; every row argument that is a string naming one of its keys is replaced by the value, and
-    `nc` by the class count. Optional `depth`, `width` and `max_channels` keys become Ultralytics' compound scaling
-    constants, so rows of Ultralytics modules (e.g. a YOLO11 backbone) scale as they do in `yolo11-seg.yaml`.
+    A scale is Ultralytics' `[depth, width, max_channels]` list (as in `yolo11-seg.yaml`, so rows of Ultralytics
+    modules scale as they do there), or a mapping: every row argument that is a string naming one of its keys is
+    replaced by the value, and optional `depth`, `width` and `max_channels` keys are the compound scaling constants.
+    Row arguments `nc` become the class count.
 
     Args:
         d (dict): Model dict as returned by `load_model_yaml` (or stored in a checkpoint's `model.yaml`).
@@ -83,7 +84,10 @@ def resolve_scale(d: dict) -> dict:
     d = deepcopy(d)
     scales = d.get("scales") or {}
     scale = d.get("scale") or next(iter(scales), "")
-    values = dict(scales.get(scale, {}))
+    values = scales.get(scale, {})
+    if isinstance(values, (list, tuple)):
+        values = dict(zip(("depth", "width", "max_channels"), values))
+    values = dict(values)
     values["nc"] = d["nc"]
     for row in d["backbone"] + d["head"]:
         row[3] = [values.get(a, a) if isinstance(a, str) else a for a in row[3]]

@@ -126,7 +126,7 @@ class SOLOHead(nn.Module):
         Raises:
             ValueError: For a setting this head has no part for.
         """
-        if unsupported := [k for k in ("offsets", "depthwise_cls") if getattr(settings, k)]:
+        if unsupported := [k for k in ("offsets",) if getattr(settings, k)]:
             raise ValueError(f"{cls.__name__} takes no 'solo' key(s) {unsupported}")
         return {"num_grids": settings.num_grids}
 

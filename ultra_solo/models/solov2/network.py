@@ -19,10 +19,10 @@ from .cfg import load_model_yaml, resolve_scale
 from .decode import DecodeSettings
 from .head import SOLOHead, SOLOv2Head
 from .layout import GridLayout
-from .pan_head import SOLOPANHead
+from .pan_head import SOLOPANHead, SOLOPANHead26
 from .settings import SOLOSettings, settings_from_metadata
 
-HEADS: dict[str, type[SOLOHead]] = {"SOLOv2Head": SOLOv2Head, "SOLOPANHead": SOLOPANHead}
+HEADS: dict[str, type[SOLOHead]] = {h.__name__: h for h in (SOLOv2Head, SOLOPANHead, SOLOPANHead26)}
 
 
 class SOLOv2Model(BaseModel):
@@ -62,7 +62,7 @@ class SOLOv2Model(BaseModel):
         d = resolve_scale(self.yaml)
         *rows, head_row = d["head"]
         self.model, self.save = parse_model({**d, "head": rows}, ch=ch, verbose=verbose)
-        self.model.append(self._build_head(head_row, ch, self.settings))
+        self.model.append(self._build_head(head_row, ch, self.settings, d["scales"][d["scale"]]))
         self.save = sorted({*self.save, *head_row[0]})
         for m in self.model:
             if not isinstance(m, TorchVision):  # Ultralytics' BatchNorm settings, as every YOLO model gets
@@ -78,8 +78,11 @@ class SOLOv2Model(BaseModel):
             self.info()
             LOGGER.info("")
 
-    def _build_head(self, row: list, ch: int, settings: SOLOSettings) -> SOLOHead:
-        """Build the SOLO head of the YAML's last row, reading its input widths off a dry run of the rows before it."""
+    def _build_head(self, row: list, ch: int, settings: SOLOSettings, scale: list[float]) -> SOLOHead:
+        """Build the SOLO head of the YAML's last row, reading its input widths off a dry run of the rows before it.
+
+        A head with `scale_args` scales its row's arguments by the model's `[depth, width, max_channels]` itself.
+        """
         f, _, name, args = row
         if name not in HEADS or not isinstance(f, list):
             raise ValueError(f"the last head row must be [[inputs...], 1, HEAD, [...]], HEAD in {list(HEADS)}: {row}")
@@ -88,6 +91,8 @@ class SOLOv2Model(BaseModel):
         strides = tuple(size // x.shape[-1] for x in feats)
         if strides != cls.in_strides:
             raise ValueError(f"{name} inputs {f} have strides {strides}; they must be {cls.in_strides}")
+        if hasattr(cls, "scale_args"):
+            args = cls.scale_args(args, *scale[1:])
         head = cls([x.shape[1] for x in feats], *args, **cls.settings_kwargs(settings))
         if settings.strides is not None and settings.strides != head.layout.strides:
             raise ValueError(
@@ -157,23 +162,21 @@ class SOLOv2Model(BaseModel):
         """Accept the trainer's head settings (`max_det`): SOLO decoding reads them from the run's arguments."""
 
     def load(self, weights, verbose: bool = True):
-        """Transfer every tensor whose name and shape match (`BaseModel.load`) and log what the trunk and head got.
+        """Transfer a checkpoint's weights, a YOLO-seg checkpoint's head included, and log what each part got.
 
-        A YOLO-seg checkpoint on the same trunk (e.g. `yolo11n-seg.pt` into `yolo11n-solo.yaml`) fills every trunk
-        tensor; the SOLO head then starts from scratch.
+        Every tensor whose name and shape match transfers; SOLO's widened tensors and a different nc are handled as
+        `transfer.py` describes (the `solo` setting `transfer_head: false` takes the trunk only). The counts per part
+        are logged and kept in `weights_source` (checkpoints and compare's report carry them).
         """
+        from .transfer import transfer
+
         source = (weights.get("ema") or weights["model"]) if isinstance(weights, dict) else weights
-        csd = source.state_dict()
-        head = f"model.{len(self.model) - 1}."
-        own = self.state_dict()
-        hits = {k for k, v in own.items() if k in csd and csd[k].shape == v.shape}
-        trunk = [k for k in own if not k.startswith(head)]
-        super().load(weights, verbose)
-        self.weights_source = (
-            f"{type(source).__name__} checkpoint: {sum(k in hits for k in trunk)}/{len(trunk)} trunk and "
-            f"{sum(k.startswith(head) for k in hits)}/{len(own) - len(trunk)} head tensors"
-        )
-        LOGGER.info(f"Pretrained weights from a {self.weights_source}")
+        report = transfer(self, source.float(), with_head=self.settings.transfer_head)
+        self.weights_source = report.summary()
+        if verbose:
+            LOGGER.info(f"Transferred from a {self.weights_source}")
+            if details := report.details():
+                LOGGER.info(details)
         return self
 
     def load_pretrained_backbone(self, pretrained: bool | str | Path = True) -> int:
@@ -267,11 +270,11 @@ def register_safe_globals() -> None:
     from torchvision.ops.misc import Conv2dNormActivation
 
     from .head import InstanceBranch, MaskFeatureBranch
-    from .pan_head import GridBranch, PANMaskBranch
+    from .pan_head import SOLOProto, SOLOProto26
 
     torch.serialization.add_safe_globals(
         [SOLOv2Model, SOLOv2Head, InstanceBranch, MaskFeatureBranch, FeaturePyramidNetwork, LastLevelMaxPool,
-         Conv2dNormActivation, BasicBlock, Bottleneck, SOLOPANHead, GridBranch, PANMaskBranch]
+         Conv2dNormActivation, BasicBlock, Bottleneck, SOLOPANHead, SOLOPANHead26, SOLOProto, SOLOProto26]
     )  # fmt: skip
 
 

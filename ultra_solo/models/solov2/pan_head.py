@@ -1,17 +1,25 @@
-"""A SOLO head for a YOLO PAN trunk: SOLOv2's branches on the neck's own P3-P5, no second pyramid.
+"""A SOLO head for a YOLO PAN trunk that is YOLO-seg's own `Segment` head without its box branch.
 
-The neck already fuses top-down and bottom-up (`yolo11-seg.yaml` rows 16, 19, 22), so each grid level reads one neck
-output, with its own towers as YOLO's `Detect` has per level (the neck's widths differ per level). The unified mask
-features are made the way YOLO26's `Proto26` makes its prototypes: P4 and P5 projected to P3's width, upsampled and
-added to P3, then a 3x3 conv (with CoordConv channels), a 2x upsample to stride 4, a 3x3 conv and a 1x1 conv to E
-channels.
+YOLO-seg's mask of an anchor is sigmoid(coefficients . prototypes) cropped by its box; SOLO's mask of a grid cell is
+sigmoid(kernel . mask features), uncropped. So the head here is built with `Segment`'s (`Segment26`'s) modules, names
+and widths, derived from the neck's channels and nc as they derive theirs, and takes a YOLO-seg checkpoint's head as it
+is:
+- category branch `cv3[i]` = YOLO's class branch (two depthwise-separable steps to c3 = max(C_P3, min(nc, 100)), then
+  a 1x1 to nc);
+- kernel branch `cv4[i]` = YOLO's mask-coefficient branch (3x3, 3x3 to c4 = max(C_P3 // 4, E), 1x1 to E);
+- mask features `proto` = YOLO's `Proto` (YOLO11) or `Proto26` (YOLO26) at stride 4.
+What SOLO adds starts at zero contribution, so a model that took a YOLO checkpoint computes YOLO's class logits and
+pre-crop mask logits before any training (`transfer.py`): the CoordConv input channels of `cv4[i][0]` and of the mask
+branch's first 3x3 (zero weights), the two cell-offset weights of every kernel (zero rows of `cv4[i][2]`) and, on
+YOLO11, the P4/P5 laterals into the mask features (YOLO26's `Proto26` has its own; here their BatchNorm scale and shift
+start at 0, so they output SiLU(0) = 0).
 
 Shape shorthand in this module:
     B: images in the batch
     C: channels (per level)
     H, W: input height and width (multiples of 32)
     S: grid size of one level
-    E: dynamic kernel size = mask-feature channels
+    E: dynamic kernel size = mask-feature channels (YOLO's nm)
     nc: number of classes
 """
 
@@ -22,7 +30,10 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
-from ultralytics.nn.modules import Conv, DWConv
+from ultralytics.nn.modules import Conv, DWConv, Proto
+from ultralytics.nn.modules.block import Proto26
+from ultralytics.utils.ops import make_divisible
+from ultralytics.utils.torch_utils import initialize_weights
 
 from .head import SOLOHead, coord_features, normal_init, prior_bias, to_grid, with_coords
 from .layout import GridLayout
@@ -53,127 +64,185 @@ def conv_with_coords(layer: Conv, x: torch.Tensor) -> torch.Tensor:
     return layer.act(y if not hasattr(layer, "bn") else layer.bn(y))
 
 
-def depthwise_separable(c1: int, c2: int) -> nn.Sequential:
-    """A 3x3 depthwise Conv-BN-SiLU then a 1x1 Conv-BN-SiLU, c1 -> c2: one step of YOLO11's `Detect` class branch."""
-    return nn.Sequential(DWConv(c1, c1, 3), Conv(c1, c2, 1))
+def coord_conv(c1: int, c2: int, k: int = 3) -> Conv:
+    """A Conv over c1 feature channels and 2 CoordConv channels whose coordinate weights start at zero."""
+    layer = Conv(c1 + 2, c2, k)
+    nn.init.zeros_(layer.conv.weight[:, c1:].data)
+    return layer
 
 
-class GridBranch(nn.Module):
-    """Category and dynamic-kernel towers of one level, Conv-BN-SiLU stacks with CoordConv on the kernel tower.
+def silent(layer: Conv) -> Conv:
+    """Zero a Conv-BN-SiLU's BatchNorm scale and shift, so it outputs SiLU(0) = 0 until it learns otherwise."""
+    nn.init.zeros_(layer.bn.weight)
+    nn.init.zeros_(layer.bn.bias)
+    return layer
 
-    The kernel tower stacks 3x3 convolutions; the category tower too, or depthwise-separable steps as YOLO11's `Detect`
-    class branch does (`depthwise_cls`), about a ninth of their cost.
+
+def add_levels(feats: list[torch.Tensor], refine: nn.ModuleList) -> torch.Tensor:
+    """P3 plus P4, P5 projected to P3's width and upsampled (nearest), as `Proto26` fuses them; (B, C3, H/8, W/8)."""
+    x = feats[0]
+    for i, (lateral, f) in enumerate(zip(refine, feats[1:])):
+        x = x + F.interpolate(lateral(f), scale_factor=2 ** (i + 1), mode="nearest")
+    return x
+
+
+def category_branch(c_in: int, c3: int, nc: int) -> nn.Sequential:
+    """YOLO11's `Detect` class branch of one level: two depthwise-separable steps to c3, then a 1x1 to nc logits."""
+    branch = nn.Sequential(
+        nn.Sequential(DWConv(c_in, c_in, 3), Conv(c_in, c3, 1)),
+        nn.Sequential(DWConv(c3, c3, 3), Conv(c3, c3, 1)),
+        nn.Conv2d(c3, nc, 1),
+    )
+    normal_init(branch[-1])
+    prior_bias(branch[-1])
+    return branch
+
+
+def kernel_branch(c_in: int, c4: int, nm: int, kernel_out: int) -> nn.Sequential:
+    """`Segment`'s mask-coefficient branch of one level, with CoordConv input: 3x3, 3x3 to c4, 1x1 to the kernels.
+
+    The 1x1's outputs beyond the E = nm dynamic-convolution weights (the cell-offset weights) start at zero.
     """
-
-    def __init__(self, c_in: int, c_head: int, stacked: int, nc: int, kernel_size: int, depthwise_cls: bool = False):
-        """Build both towers of one level.
-
-        Args:
-            c_in (int): Channels of the level's neck output.
-            c_head (int): Tower channels.
-            stacked (int): Convolutions (or depthwise-separable steps) per tower.
-            nc (int): Number of classes.
-            kernel_size (int): Dynamic kernel size E.
-            depthwise_cls (bool): Depthwise-separable category tower.
-        """
-        super().__init__()
-        step = depthwise_separable if depthwise_cls else lambda c1, c2: Conv(c1, c2, 3)
-        self.cls_tower = nn.Sequential(*(step(c_in if i == 0 else c_head, c_head) for i in range(stacked)))
-        self.kernel_tower = nn.Sequential(*(Conv(c_in + 2 if i == 0 else c_head, c_head, 3) for i in range(stacked)))
-        self.cls_pred = nn.Conv2d(c_head, nc, 1)
-        self.kernel_pred = nn.Conv2d(c_head, kernel_size, 1)
-        normal_init(self.cls_pred)
-        normal_init(self.kernel_pred)
-        prior_bias(self.cls_pred)
-
-    def forward(self, x: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map one level (B, C, h, w) to category logits (B, nc, S, S) and kernels (B, E, S, S)."""
-        x = to_grid(x, grid)
-        kernels = self.kernel_tower[1:](conv_with_coords(self.kernel_tower[0], x))
-        return self.cls_pred(self.cls_tower(x)), self.kernel_pred(kernels)
+    branch = nn.Sequential(coord_conv(c_in, c4), Conv(c4, c4, 3), nn.Conv2d(c4, kernel_out, 1))
+    normal_init(branch[-1])
+    nn.init.zeros_(branch[-1].weight.data[nm:])
+    return branch
 
 
-class PANMaskBranch(nn.Module):
-    """Unified mask features from P3-P5 at stride 4, E channels."""
+class SOLOProto(Proto):
+    """YOLO11's `Proto` on P3, with P4/P5 laterals added to P3 first and CoordConv channels into `cv1`, both silent."""
 
-    def __init__(self, in_channels: list[int], c_mask: int, kernel_size: int):
-        """Build the branch.
+    def __init__(self, ch: list[int], c_: int, c2: int):
+        """Build `Proto(C_P3, c_, c2)`'s layers and the laterals.
 
         Args:
-            in_channels (list[int]): Channels of P3, P4, P5.
-            c_mask (int): Channels of the branch's convolutions.
-            kernel_size (int): Output channels E.
+            ch (list[int]): Channels of P3, P4, P5.
+            c_ (int): Intermediate channels (YOLO's npr).
+            c2 (int): Mask-feature channels E (YOLO's nm).
         """
-        super().__init__()
-        c3 = in_channels[0]
-        self.lateral = nn.ModuleList(Conv(c, c3, 1) for c in in_channels[1:])
-        self.fuse = Conv(c3 + 2, c_mask, 3)
-        self.refine = Conv(c_mask, c_mask, 3)
-        self.out = Conv(c_mask, kernel_size, 1)
+        super().__init__(ch[0], c_, c2)
+        self.cv1 = coord_conv(ch[0], c_)
+        self.feat_refine = nn.ModuleList(silent(Conv(c, ch[0], 1)) for c in ch[1:])
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """Fuse P3..P5 (B, C, H/2**(3+i), W/2**(3+i)) into mask features (B, E, H/4, W/4)."""
-        x = feats[0]
-        for i, (lateral, f) in enumerate(zip(self.lateral, feats[1:])):
-            x = x + F.interpolate(lateral(f), scale_factor=2 ** (i + 1), mode="nearest")  # (B, C3, H/8, W/8)
-        x = F.interpolate(conv_with_coords(self.fuse, x), scale_factor=2, mode="bilinear", align_corners=False)
-        return self.out(self.refine(x))  # (B, E, H/4, W/4)
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        """Mask features (B, E, H/4, W/4) from P3..P5 (B, C, H/2**(3+i), W/2**(3+i))."""
+        p3 = add_levels(x, self.feat_refine)  # (B, C3, H/8, W/8)
+        return self.cv3(self.cv2(self.upsample(conv_with_coords(self.cv1, p3))))
+
+
+class SOLOProto26(Proto26):
+    """YOLO26's `Proto26` with CoordConv channels into `feat_fuse` (silent), without the semantic head it trains."""
+
+    def __init__(self, ch: list[int], c_: int, c2: int):
+        """Build `Proto26(ch, c_, c2)`'s layers but its semantic-segmentation head.
+
+        Args:
+            ch (list[int]): Channels of P3, P4, P5.
+            c_ (int): Intermediate channels (YOLO's npr).
+            c2 (int): Mask-feature channels E (YOLO's nm).
+        """
+        super().__init__(ch, c_, c2, nc=1)
+        self.feat_fuse = coord_conv(ch[0], c_)
+        self.semseg = None
+
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        """Mask features (B, E, H/4, W/4) from P3..P5 (B, C, H/2**(3+i), W/2**(3+i))."""
+        p3 = add_levels(x, self.feat_refine)  # (B, C3, H/8, W/8)
+        return Proto.forward(self, conv_with_coords(self.feat_fuse, p3))
 
 
 class SOLOPANHead(SOLOHead):
-    """SOLO on a YOLO PAN trunk: one grid level per neck output (P3, P4, P5), mask features from the same outputs."""
+    """SOLO on YOLO11's PAN trunk: one grid level per neck output (P3, P4, P5), `Segment`'s modules (module docstring).
+
+    Attributes:
+        cv3 (nn.ModuleList): Category branch of each level.
+        cv4 (nn.ModuleList): Kernel branch of each level.
+        proto (nn.Module): Mask-feature branch.
+    """
 
     in_strides = (8, 16, 32)  # the neck's P3, P4, P5
     strides = (8, 16, 32)  # one grid level per neck output
+    proto_class = SOLOProto
 
-    def __init__(
-        self,
-        in_channels: list[int],
-        nc: int,
-        c_head: int,
-        stacked: int,
-        c_mask: int,
-        kernel_size: int,
-        num_grids: list[int],
-        offsets: bool = False,
-        depthwise_cls: bool = False,
-    ):
-        """Build the per-level grid branches and the mask-feature branch.
+    def __init__(self, in_channels: list[int], nc: int, nm: int, npr: int, num_grids: list[int], offsets: bool = False):
+        """Build the per-level branches and the mask-feature branch at `Segment`'s widths.
 
         Args:
             in_channels (list[int]): Channels of the neck outputs P3, P4, P5.
             nc (int): Number of classes.
-            c_head (int): Tower channels of every level.
-            stacked (int): Convolutions per tower.
-            c_mask (int): Mask-branch channels.
-            kernel_size (int): Dynamic kernel size E = mask-feature channels.
+            nm (int): Dynamic kernel size E = mask-feature channels (YOLO's number of masks).
+            npr (int): Mask-branch channels (YOLO's number of prototypes, already scaled: `scale_args`).
             num_grids (list[int]): Grid size S of each level (P3, P4, P5).
             offsets (bool): Kernels get two more weights, for the cell-offset terms (`layout.GridLayout`).
-            depthwise_cls (bool): Depthwise-separable category towers (`GridBranch`).
         """
         super().__init__()
         if len(num_grids) != 3:
-            raise ValueError(f"SOLOPANHead has one grid per neck level (P3, P4, P5): num_grids {num_grids}")
-        self.nc, self.kernel_size = nc, kernel_size
-        self.num_grids = list(num_grids)
-        kernel_out = GridLayout(tuple(num_grids), self.strides, offsets).kernel_channels(kernel_size)
-        self.grid_branches = nn.ModuleList(
-            GridBranch(c, c_head, stacked, nc, kernel_out, depthwise_cls) for c in in_channels
-        )
-        self.mask_branch = PANMaskBranch(in_channels, c_mask, kernel_size)
+            raise ValueError(f"{type(self).__name__} has one grid per neck level (P3, P4, P5): num_grids {num_grids}")
+        self.nc, self.kernel_size, self.num_grids = nc, nm, list(num_grids)
+        kernel_out = GridLayout(tuple(num_grids), self.strides, offsets).kernel_channels(nm)
+        c3, c4 = max(in_channels[0], min(nc, 100)), max(in_channels[0] // 4, nm)  # as YOLO's Detect and Segment
+        self.cv3 = nn.ModuleList(category_branch(c, c3, nc) for c in in_channels)
+        self.cv4 = nn.ModuleList(kernel_branch(c, c4, nm, kernel_out) for c in in_channels)
+        self.proto = self.proto_class(in_channels, npr, nm)
+
+    @staticmethod
+    def scale_args(args: list, width: float, max_channels: int) -> list:
+        """Scale the YAML row's npr by the model's width as Ultralytics' `parse_model` scales `Segment`'s."""
+        nc, nm, npr = args
+        return [nc, nm, make_divisible(min(npr, max_channels) * width, 8)]
 
     @classmethod
     def settings_kwargs(cls, settings: SOLOSettings) -> dict:
         """The constructor arguments this head takes from a model's `solo` settings."""
-        return {"num_grids": settings.num_grids, "offsets": settings.offsets, "depthwise_cls": settings.depthwise_cls}
+        return {"num_grids": settings.num_grids, "offsets": settings.offsets}
 
     @property
     def offsets(self) -> bool:
         """Whether the kernels end with the two cell-offset weights, read off the kernel convolutions' widths."""
-        return self.grid_branches[0].kernel_pred.out_channels == self.kernel_size + 2
+        return self.cv4[0][-1].out_channels == self.kernel_size + 2
+
+    def widened_params(self) -> dict[str, int]:
+        """The parameters SOLO widened beyond `Segment`'s by two entries -> the widened dimension (`transfer.py`).
+
+        CoordConv's input channels of every kernel branch and of the mask branch's first 3x3 (dim 1); with offsets,
+        the two cell-offset outputs of every kernel branch's 1x1 (dim 0).
+        """
+        first = "proto.cv1" if isinstance(self.proto, SOLOProto) else "proto.feat_fuse"
+        params = {f"{first}.conv.weight": 1, **{f"cv4.{i}.0.conv.weight": 1 for i in range(len(self.cv4))}}
+        if self.offsets:
+            params.update({f"cv4.{i}.2.{p}": 0 for i in range(len(self.cv4)) for p in ("weight", "bias")})
+        return params
+
+    def rebuild_category(self, c3: int) -> None:
+        """Rebuild every level's category branch at hidden width c3 (a checkpoint's, when nc differs from it)."""
+        device, dtype = self.cv3[0][-1].weight.device, self.cv3[0][-1].weight.dtype
+        self.cv3 = nn.ModuleList(category_branch(b[0][0].conv.in_channels, c3, self.nc) for b in self.cv3)
+        initialize_weights(self.cv3)  # Ultralytics' BatchNorm eps and momentum, as the model's build gave the others
+        self.cv3.to(device, dtype).train(self.training)
+
+    def level(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Category logits (B, nc, S, S) and kernels (B, E(+2), S, S) of level i from its neck output (B, C, h, w)."""
+        x = to_grid(x, self.num_grids[i])
+        cv4 = self.cv4[i]
+        return self.cv3[i](x), cv4[2](cv4[1](conv_with_coords(cv4[0], x)))
 
     def forward(self, feats: list[torch.Tensor]):
         """Run the head on the neck's P3, P4, P5; see `head.py` for the outputs of each mode."""
-        mask_feats = self.mask_branch(feats)  # (B, E, H/4, W/4)
-        cls_logits, kernels = zip(*(b(x, s) for b, x, s in zip(self.grid_branches, feats, self.num_grids)))
+        mask_feats = self.proto(feats)  # (B, E, H/4, W/4)
+        cls_logits, kernels = zip(*(self.level(i, x) for i, x in enumerate(feats)))
         return self.outputs(list(cls_logits), list(kernels), mask_feats)
+
+    def __setstate__(self, state: dict) -> None:
+        """Refuse a checkpoint of the head as it was before it mirrored `Segment` (its branches had other names)."""
+        if "grid_branches" in state.get("_modules", {}):
+            raise TypeError(
+                "this checkpoint's SOLOPANHead predates ultra-solo 0.2, whose head mirrors YOLO-seg's Segment; "
+                "train it again with this version, or load it with ultra-solo 0.1"
+            )
+        super().__setstate__(state)
+
+
+class SOLOPANHead26(SOLOPANHead):
+    """SOLO on YOLO26's PAN trunk: `Segment26`'s one-to-many branches and its `Proto26` (module docstring)."""
+
+    proto_class = SOLOProto26

@@ -24,7 +24,8 @@ class SOLOSettings:
         strides (tuple[int, ...] | None): Level strides. The head knows its own (`SOLOHead.layout`); a YAML may state
             them, and they must then agree. Exports carry the head's.
         offsets (bool): Two cell-offset weights per kernel (`layout.GridLayout`).
-        depthwise_cls (bool): Depthwise-separable category towers (`SOLOPANHead`).
+        transfer_head (bool): `pretrained=` a YOLO-seg checkpoint gives the head its branches too (`transfer.py`);
+            False: the trunk only, the head starts from SOLO's own initialisation.
         pos_scale (float): Positive cells lie within pos_scale x (w/2, h/2) of the mask's centre of mass.
         cls_weight, mask_weight (float): Focal and dice loss weights.
         focal_alpha, focal_gamma (float): Focal loss constants.
@@ -40,7 +41,7 @@ class SOLOSettings:
     scale_ranges: tuple[tuple[float, float], ...]
     strides: tuple[int, ...] | None = None
     offsets: bool = False
-    depthwise_cls: bool = False
+    transfer_head: bool = True
     pos_scale: float = 0.2
     cls_weight: float = 1.0
     mask_weight: float = 3.0

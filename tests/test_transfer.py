@@ -1,0 +1,146 @@
+"""Transfer from YOLO-seg checkpoints: a transferred SOLO model computes YOLO's class and pre-crop mask logits."""
+
+from __future__ import annotations
+
+import logging
+from copy import deepcopy
+
+import pytest
+import torch
+from ultralytics.nn.tasks import SegmentationModel
+
+from ultra_solo import SOLO
+from ultra_solo.models.solov2.cfg import find_model_yaml
+from ultra_solo.models.solov2.network import SOLOv2Model
+from ultra_solo.models.solov2.pan_head import SOLOPANHead
+from ultra_solo.models.solov2.transfer import widened
+
+# family -> the log's counts per part from an 80-class checkpoint of scale n (YOLO11's mask features have 12 tensors of
+# SOLO's own: the P4/P5 laterals; YOLO26's Proto26 has its own)
+COUNTS = {
+    "yolo11": "trunk 378/378, category 78/78, kernels 42/42, mask features 20/32 (12 SOLO's own)",
+    "yolo26": "trunk 468/468, category 78/78, kernels 42/42, mask features 38/38",
+}
+
+
+def yolo_checkpoint(family: str, file, seed: int = 0) -> SegmentationModel:
+    """Save an 80-class YOLO-seg checkpoint with random weights and BatchNorm statistics (fp16, as Ultralytics saves
+    them) and return the model as loaded back from it, in float."""
+    torch.manual_seed(seed)
+    seg = SegmentationModel(f"{family}n-seg.yaml", nc=80, verbose=False)
+    with torch.no_grad():
+        for m in seg.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+    torch.save({"model": deepcopy(seg).half(), "train_args": {}}, file)
+    return torch.load(file, weights_only=False)["model"].float().eval()
+
+
+def yolo_logits(seg: SegmentationModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """YOLO's class logits (B, nc, A) and mask logits before the box crop (B, A, H/4, W/4), one-to-many branches."""
+    with torch.no_grad():
+        (_, proto), preds = seg(x)
+    preds = preds.get("one2many", preds)
+    masks = preds["mask_coefficient"].transpose(1, 2) @ proto.flatten(2)  # (B, A, h*w)
+    return preds["scores"], masks.view(*masks.shape[:2], *proto.shape[2:])
+
+
+def solo_logits(model: SOLOv2Model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SOLO's category logits (B, nc, R) and every cell's mask logits (B, R, H/4, W/4), kernel . mask features."""
+    model.eval().decoder = "solo"
+    with torch.no_grad():
+        _, raw = model(x)
+        kernels = torch.cat([k.flatten(2) for k in raw["kernels"]], 2).transpose(1, 2)  # (B, R, C)
+        cells = torch.arange(kernels.shape[1]).expand(x.shape[0], -1)
+        masks = model.layout.mask_logits(kernels, raw["mask_feats"], cells)
+    return torch.cat([c.flatten(2) for c in raw["cls"]], 2), masks
+
+
+@pytest.mark.parametrize("family", COUNTS)
+def test_transferred_head_computes_yolo_logits(family, tmp_path, caplog):
+    file = tmp_path / f"{family}n-seg.pt"
+    seg = yolo_checkpoint(family, file)
+    model = SOLO(f"{family}n-solo.yaml")  # 80 classes, as the checkpoint
+    with caplog.at_level(logging.INFO, logger="ultralytics"):
+        model.load(str(file))
+    assert COUNTS[family] in caplog.text and "not used by SOLO: box branch (42 tensors)" in caplog.text
+    assert model.model.weights_source.startswith(f"SegmentationModel checkpoint {file}: {COUNTS[family]}")
+    x = torch.rand(2, 3, 320, 320)  # imgsz 320: grids 40 / 20 / 10 = YOLO's anchor grid
+    (cls, masks), (yolo_cls, yolo_masks) = solo_logits(model.model, x), yolo_logits(seg, x)
+    torch.testing.assert_close(cls, yolo_cls, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(masks, yolo_masks, rtol=1e-4, atol=1e-4)
+    assert masks.std() > 0.01 and cls.std() > 0.01  # logits that vary, not zeros compared with zeros
+
+
+@pytest.mark.parametrize("family", COUNTS)
+def test_one_class_model_from_80_class_checkpoint_gets_yolo_masks(family, tmp_path, caplog):
+    file = tmp_path / f"{family}n-seg.pt"
+    seg = yolo_checkpoint(family, file, seed=1)
+    model = SOLOv2Model(f"{family}n-solo.yaml", nc=1, verbose=False)  # c3 = 64 for 1 class, 80 in the checkpoint
+    with caplog.at_level(logging.INFO, logger="ultralytics"):
+        model.load({"model": torch.load(file, weights_only=False)["model"]})
+    assert "category 72/78" in model.weights_source  # rebuilt at the checkpoint's width: all but the three last 1x1s
+    assert "did not fit (6, kept SOLO's initialisation): model.23.cv3.0.2.weight (80, 80, 1, 1) vs (1, 80, 1, 1)" in (
+        caplog.text
+    )
+    x = torch.rand(1, 3, 320, 320)
+    (cls, masks), (_, yolo_masks) = solo_logits(model, x), yolo_logits(seg, x)
+    torch.testing.assert_close(masks, yolo_masks, rtol=1e-4, atol=1e-4)
+    assert cls.shape[1] == 1
+    feats = model._backbone_features(x, [16, 19, 22])  # the category branches' hidden layers are YOLO's
+    for ours, theirs, f in zip(model.model[-1].cv3, seg.model[-1].cv3, feats):
+        torch.testing.assert_close(ours[:-1](f), theirs[:-1](f), rtol=1e-4, atol=1e-4)
+
+
+def test_trunk_only_setting_keeps_the_head_from_scratch(tmp_path):
+    file = tmp_path / "yolo11n-seg.pt"
+    yolo_checkpoint("yolo11", file)
+    trunk_only = tmp_path / "yolo11n-solo-trunk.yaml"
+    yaml_text = find_model_yaml("yolo11-solo.yaml")[0].read_text()
+    trunk_only.write_text(yaml_text.replace("\nsolo:", "\nsolo:\n  transfer_head: false", 1))
+    model = SOLO(str(trunk_only))
+    scratch = deepcopy(model.model.model[-1].state_dict())
+    model.load(str(file))
+    assert model.model.weights_source == (
+        f"SegmentationModel checkpoint {file}: trunk 378/378, category 0/78, kernels 0/42, "
+        "mask features 0/32 (12 SOLO's own) (trunk only: transfer_head false)"
+    )
+    assert all(torch.equal(v, scratch[k]) for k, v in model.model.model[-1].state_dict().items())
+
+
+def test_pretrained_argument_transfers_trunk_and_head_for_training(coco8, tmp_path):
+    from .conftest import NO_AUGMENT
+
+    file = tmp_path / "yolo26n-seg.pt"
+    saved = yolo_checkpoint("yolo26", file).state_dict()
+    started = {}
+
+    def record(trainer):  # the model as the trainer built and loaded it, before any step
+        state = trainer.model.state_dict()
+        started["equal"] = [k for k, v in state.items() if k in saved and torch.equal(v, saved[k])]
+        started["source"] = trainer.model.weights_source
+
+    model = SOLO("yolo26n-solo.yaml")
+    model.add_callback("on_pretrain_routine_end", record)
+    model.train(data=str(coco8), pretrained=str(file), epochs=1, imgsz=64, batch=4, workers=0, val=False,
+                project=str(tmp_path), name="run", **NO_AUGMENT)  # fmt: skip
+    assert started["source"].startswith(f"SegmentationModel checkpoint {file}: {COUNTS['yolo26']}")  # coco8: 80 classes
+    assert len(started["equal"]) == 468 + 78 + 42 + 38 - 10  # every tensor transferred as it is (10 were widened)
+
+
+def test_widened_puts_the_checkpoint_tensor_in_the_leading_slice():
+    src = torch.arange(6.0).view(2, 3)
+    out = widened(torch.empty(2, 5), src, 1)
+    assert torch.equal(out, torch.tensor([[0.0, 1, 2, 0, 0], [3, 4, 5, 0, 0]]))
+    assert widened(torch.empty(4, 3), src, 0)[2:].abs().sum() == 0
+    assert widened(torch.empty(3, 5), src, 1) is None  # another dimension differs
+    assert widened(torch.empty(2, 3), src, 1) is None  # not wider
+
+
+def test_checkpoint_of_the_old_head_is_refused_by_name():
+    head = SOLOPANHead.__new__(SOLOPANHead)
+    with pytest.raises(TypeError, match="predates ultra-solo 0.2"):
+        head.__setstate__({"_modules": {"grid_branches": None}, "training": False})
