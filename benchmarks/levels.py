@@ -42,12 +42,12 @@ def level_counts(model: SOLOv2Model, data: str, imgsz: int) -> tuple[list[int], 
     dataset = build_yolo_dataset(cfg, info["val"], 16, info, mode="val", stride=32)
     loader = build_dataloader(dataset, 16, workers=0, shuffle=False)
     crit = model.init_criterion()
-    sizes = crit.layout.level_sizes()
+    sizes = crit.layout.level_sizes((imgsz, imgsz))  # square inputs (rect=False)
     instances, cells = [0] * len(sizes), [0] * len(sizes)
     for batch in loader:
         batch["img"] = batch["img"].float()
         _, _, assigned = crit.targets(batch, tuple(d // 4 for d in batch["img"].shape[2:]))
-        for i, level in enumerate(assigned.split(sizes, 1)):  # (B, S*S) instance index per cell
+        for i, level in enumerate(assigned.split(sizes, 1)):  # (B, S_h * S_w) instance index per cell
             cells[i] += int((level >= 0).sum())
             instances[i] += sum(len(torch.unique(img[img >= 0])) for img in level)
     return instances, cells

@@ -84,7 +84,7 @@ def time_row(crit: SOLOv2Loss, batch: dict[str, torch.Tensor], args: argparse.Na
     masks, _, _ = crit.targets(batch, mask_size)  # float (N, h, w) instance masks, as the loss passes them
     boxes = ops.xywh2xyxy(batch["bboxes"]) * batch["bboxes"].new_tensor(img_shape[::-1] * 2)  # (N, 4) xyxy px
     size = batch["img"].shape[0]
-    grids, ranges, pos_scale = crit.layout.num_grids, crit.scale_ranges, crit.pos_scale
+    grids, ranges, pos_scale = crit.layout.grids(img_shape), crit.scale_ranges, crit.pos_scale
     assign = partial(assign_targets, masks, boxes, batch["batch_idx"], size, img_shape, grids, ranges, pos_scale)
     assign_ms = median_ms(assign, device, args.warmup, args.repeats)
     full_ms = median_ms(partial(crit.targets, batch, mask_size), device, args.warmup, args.repeats)

@@ -60,6 +60,10 @@ def test_onnxruntime_runs_the_graph(exported, weights):
     # point NMS can flip between near-equal neighbours, so compare almost all scores tightly
     assert np.isclose(scores, ref_scores.numpy(), atol=1e-4).mean() > 0.999
     assert np.allclose(feats, ref_feats.numpy(), atol=1e-3)
+    wide = session.run(None, {"images": torch.rand(1, 3, IMGSZ - 32, IMGSZ).numpy()})  # rect, as predict letterboxes
+    assert wide[0].shape == (1, cells, 80) and wide[2].shape == (1, e, 32, 40)  # the graph keeps its traced grids
+    (probs, _, _), *_ = detections([torch.from_numpy(t) for t in wide], decode_settings(model), 0.001, 300)
+    assert probs.shape[1:] == (32, 40)  # decoded on those grids (`GridLayout.grid_input`)
 
 
 def test_end2end_graph_decodes_in_onnxruntime(exported):

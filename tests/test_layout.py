@@ -20,9 +20,29 @@ def test_cell_tables_are_cached_normal_tensors():
     assert not strides.is_inference() and not geometry.is_inference()  # ... still usable by the loss in training
     assert layout.cell_strides() is strides and layout.cell_geometry() is geometry
     assert strides.tolist() == [7.0] * 9 + [21.0]
-    assert geometry[4].tolist() == [0.5, 0.5, 3.0] and geometry[9].tolist() == [0.5, 0.5, 1.0]
-    assert geometry[5].tolist() == pytest.approx([5 / 6, 0.5, 3.0])  # row 1, column 2 of the 3 x 3 level
+    assert geometry[4].tolist() == [0.5, 0.5, 3.0, 3.0] and geometry[9].tolist() == [0.5, 0.5, 1.0, 1.0]
+    assert geometry[5].tolist() == pytest.approx([5 / 6, 0.5, 3.0, 3.0])  # row 1, column 2 of the 3 x 3 level
     assert layout.num_cells == 10 and layout.level_sizes() == [9, 1]
+
+
+def test_grids_keep_cells_square_on_rectangular_inputs():
+    layout = GridLayout(num_grids=(40, 20, 10), strides=(8, 16, 32))
+    assert layout.grids((320, 320)) == layout.grids() == [(40, 40), (20, 20), (10, 10)]
+    assert layout.grids((256, 320)) == [(32, 40), (16, 20), (8, 10)]  # = the neck's outputs of a 256 x 320 input
+    assert layout.grids((320, 224)) == [(40, 28), (20, 14), (10, 7)]
+    assert layout.grids((640, 480)) == [(40, 30), (20, 15), (10, 8)]  # 7.5 rounds to 8 (round half to even)
+    geometry = layout.cell_geometry(shape=(256, 320))
+    assert len(geometry) == sum(layout.level_sizes((256, 320))) == 32 * 40 + 16 * 20 + 8 * 10
+    assert geometry[40].tolist() == pytest.approx([0.5 / 40, 1.5 / 32, 40, 32])  # row 1, column 0 of level 0
+    assert layout.cell_strides(shape=(256, 320))[-1] == 32
+
+
+def test_grid_input_finds_the_grids_of_the_outputs():
+    layout = GridLayout(num_grids=(40, 20, 10), strides=(8, 16, 32))
+    assert layout.grid_input((256, 320), 32 * 40 + 16 * 20 + 8 * 10) == (256, 320)
+    assert layout.grid_input((256, 320), layout.num_cells) == (320, 320)  # a graph traced on a square input
+    with pytest.raises(ValueError, match="outputs with 7 grid cells do not fit grids"):
+        layout.grid_input((256, 320), 7)
 
 
 def brute_force_logit(layout: GridLayout, kernel: torch.Tensor, feats: torch.Tensor, cell: int) -> torch.Tensor:
@@ -32,14 +52,14 @@ def brute_force_logit(layout: GridLayout, kernel: torch.Tensor, feats: torch.Ten
     if not layout.offsets:
         return logits
     first = 0
-    for s in layout.num_grids:
-        if cell < first + s * s:
+    for gh, gw in layout.grids((4 * h, 4 * w)):  # the input of stride-4 mask features
+        if cell < first + gh * gw:
             break
-        first += s * s
-    row, col = divmod(cell - first, s)
+        first += gh * gw
+    row, col = divmod(cell - first, gw)
     for i in range(h):
         for j in range(w):
-            dx, dy = abs((j + 0.5) / w - (col + 0.5) / s) * s, abs((i + 0.5) / h - (row + 0.5) / s) * s
+            dx, dy = abs((j + 0.5) / w - (col + 0.5) / gw) * gw, abs((i + 0.5) / h - (row + 0.5) / gh) * gh
             logits[i, j] += kernel[e] * dx + kernel[e + 1] * dy
     return logits
 
@@ -49,9 +69,10 @@ def test_mask_logits_match_brute_force():
     for offsets in (False, True):
         layout = GridLayout((4, 2), (8, 16), offsets)
         e = 3
-        kernels = torch.randn(2, 20, layout.kernel_channels(e), generator=gen)
-        feats = torch.randn(2, e, 6, 10, generator=gen)  # not square: x and y distances differ
-        cells = torch.tensor([[0, 5, 17], [19, 3, 16]])
+        feats = torch.randn(2, e, 6, 10, generator=gen)  # not square: grids 2 x 4 and 1 x 2, x and y distances differ
+        assert layout.level_sizes((24, 40)) == [8, 2]
+        kernels = torch.randn(2, 10, layout.kernel_channels(e), generator=gen)
+        cells = torch.tensor([[0, 5, 9], [8, 3, 7]])
         got = layout.mask_logits(torch.stack([k[c] for k, c in zip(kernels, cells)]), feats, cells)
         for b in range(2):
             for i, c in enumerate(cells[b].tolist()):

@@ -52,17 +52,20 @@ def test_forward_shapes():
     model.decoder = "solo"  # the handshake: this test reads the dense outputs itself
     with torch.no_grad():
         (scores, kernels, feats), raw = model(torch.rand(2, 3, 192, 256))
-    assert scores.shape == (2, 3872, 3) and kernels.shape == (2, 3872, 128) and feats.shape == (2, 128, 48, 64)
-    assert [c.shape[-1] for c in raw["cls"]] == [40, 36, 24, 16, 12] and raw["mask_feats"] is feats
+    # grids 40 / 36 / 24 / 16 / 12 along the longer side, 3/4 of them along the shorter (cells square, `level_grid`)
+    grids = [(30, 40), (27, 36), (18, 24), (12, 16), (9, 12)]
+    assert [tuple(c.shape[-2:]) for c in raw["cls"]] == grids and raw["mask_feats"] is feats
+    cells = sum(h * w for h, w in grids)  # 2904
+    assert scores.shape == (2, cells, 3) and kernels.shape == (2, cells, 128) and feats.shape == (2, 128, 48, 64)
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
 def test_grid_resize_is_skipped_only_where_it_is_identity():
     x = torch.rand(1, 4, 10, 10)
-    assert to_grid(x, 10) is x  # eager: the neck output is already the grid
+    assert to_grid(x, (10, 10)) is x  # eager: the neck output is already the grid
     assert torch.equal(F.interpolate(x, size=(10, 10), mode="bilinear", align_corners=False), x)  # what it skips
-    assert to_grid(x, 5).shape == (1, 4, 5, 5)
-    traced = torch.jit.trace(lambda t: to_grid(t, 10), x)  # an export traced at the grid's size ...
+    assert to_grid(x, (5, 4)).shape == (1, 4, 5, 4)
+    traced = torch.jit.trace(lambda t: to_grid(t, (10, 10)), x)  # an export traced at the grid's size ...
     assert traced(torch.rand(1, 4, 20, 20)).shape == (1, 4, 10, 10)  # ... still resizes other sizes
 
 

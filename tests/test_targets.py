@@ -27,7 +27,21 @@ def cells(assigned: torch.Tensor, level: int, value: int) -> set[tuple[int, int]
 
 
 def assign(masks, boxes, batch_idx, batch_size=1, pos_scale=0.2, img=(256, 256)):
-    return assign_targets(masks, boxes, batch_idx, batch_size, img, GRIDS, RANGES, pos_scale)
+    return assign_targets(masks, boxes, batch_idx, batch_size, img, [(g, g) for g in GRIDS], RANGES, pos_scale)
+
+
+def test_hand_computed_cells_on_a_rectangular_grid():
+    # A 256 x 160 (h x w) input with grids S = 8 along the longer side: 8 x 5 cells of 32 x 32 px (`level_grid`).
+    # A 64 x 32 px box (sqrt(w*h) = 45.3 px = 0.177 of 256: level 0 only), its mask rows [104, 168), cols [64, 96).
+    # Centre of mass (136, 80) px: cell row floor(136 / 32) = 4, col floor(80 / 32) = 2; half sizes 0.2 * (32, 16) =
+    # (6.4, 3.2) px stay in that cell: rows floor(4.05)..floor(4.45), cols floor(2.4)..floor(2.6). On an 8 x 8 grid
+    # stretched over the input, the column would be floor(80 / 20) = 4.
+    masks = torch.zeros(1, 64, 40)  # stride 4
+    masks[0, 26:42, 16:24] = 1
+    boxes = torch.tensor([[64.0, 104.0, 96.0, 168.0]])
+    assigned = assign_targets(masks, boxes, torch.zeros(1), 1, (256, 160), [(8, 5), (4, 3)], RANGES[:2], 0.2)
+    assert assigned.shape == (1, 8 * 5 + 4 * 3)
+    assert (assigned[0, :40].view(8, 5) == 0).nonzero().tolist() == [[4, 2]] and (assigned[0, 40:] < 0).all()
 
 
 def test_hand_computed_cells():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import GridLayout
+from .layout import GridLayout, input_shape
 from .resample import above
 from .settings import SOLOSettings
 
@@ -139,11 +139,12 @@ def decode(
     score, index = scores.flatten(1).topk(k)  # (B, K)
     cell, cls = index // nc, index % nc
     layout = settings.layout
-    logits = layout.mask_logits(take_rows(kernels, cell), mask_feats, cell).flatten(2)  # (B, K, h*w)
+    shape = layout.grid_input(input_shape(mask_feats), scores.shape[1])
+    logits = layout.mask_logits(take_rows(kernels, cell), mask_feats, cell, shape).flatten(2)  # (B, K, h*w)
     probs = logits.sigmoid()
     masks = above(probs, settings.mask_thr)  # (B, K, h*w) 0/1
     area = masks.sum(2)  # (B, K)
-    kept = (score > conf) & (area > layout.cell_strides(scores.device)[cell])
+    kept = (score > conf) & (area > layout.cell_strides(scores.device, shape)[cell])
     score = torch.where(kept, score * (probs * masks).sum(2) / area.clamp_min(1), 0.0)  # maskness
     inter = masks @ masks.transpose(1, 2)  # (B, K, K) intersections, in candidate order
     score, order = score.sort(1, descending=True)

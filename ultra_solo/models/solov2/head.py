@@ -15,7 +15,7 @@ Shape shorthand in this module:
     B: images in the batch
     C: channels
     H, W: input height and width (multiples of 32)
-    S: grid size of one head level; R: grid cells over all levels (sum of S**2)
+    S: grid size of one head level, S_h x S_w cells on the input (`layout.level_grid`); R: cells over all levels
     E: dynamic kernel size = mask-feature channels
     nc: number of classes
 """
@@ -81,14 +81,14 @@ def with_coords(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((x, coord_features(x)), 1)
 
 
-def to_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
-    """Resize a feature map (B, C, h, w) to its level's grid (B, C, S, S), bilinearly; unchanged at equal size.
+def to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resize a feature map (B, C, h, w) to its level's grid (B, C, S_h, S_w), bilinearly; unchanged at equal size.
 
-    Traced graphs (exports) always resize: a graph traced at one size may run at others.
+    Traced graphs (exports) always resize: a graph traced at one size may run at others (with the traced grid).
     """
-    if not torch.jit.is_tracing() and x.shape[-2:] == (grid, grid):
+    if not torch.jit.is_tracing() and tuple(x.shape[-2:]) == tuple(grid):
         return x
-    return F.interpolate(x, size=(grid, grid), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(grid), mode="bilinear", align_corners=False)
 
 
 def point_nms(scores: torch.Tensor) -> torch.Tensor:
@@ -134,6 +134,11 @@ class SOLOHead(nn.Module):
     def layout(self) -> GridLayout:
         """The head's grid and kernel layout, which targets, the loss, decoding and exports all read."""
         return GridLayout(tuple(self.num_grids), tuple(self.strides), bool(self.offsets))
+
+    def grids(self, first: torch.Tensor) -> list[tuple[int, int]]:
+        """(S_h, S_w) of every level for the input the head's first feature map (B, C, h, w) was made from."""
+        stride = self.in_strides[0]
+        return self.layout.grids((first.shape[-2] * stride, first.shape[-1] * stride))
 
     def outputs(self, cls_logits: list[torch.Tensor], kernels: list[torch.Tensor], mask_feats: torch.Tensor):
         """Return the outputs of the current mode from per-level logits and kernels and the mask features."""
@@ -211,8 +216,8 @@ class InstanceBranch(nn.Module):
         normal_init(self)
         prior_bias(self.cls_pred, prior)
 
-    def forward(self, x: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Map one level (B, C, h, w) to category logits (B, nc, S, S) and kernels (B, E, S, S)."""
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map one level (B, C, h, w) to category logits (B, nc, S_h, S_w) and kernels (B, E, S_h, S_w)."""
         x = to_grid(with_coords(x), grid)
         return self.cls_pred(self.cls_tower(x[:, :-2])), self.kernel_pred(self.kernel_tower(x))
 
@@ -264,5 +269,5 @@ class SOLOv2Head(SOLOHead):
             *p[1:4],
             F.interpolate(p[4], size=p[3].shape[-2:], mode="bilinear", align_corners=False),  # P6 -> stride 32
         ]
-        cls_logits, kernels = zip(*(self.instance_branch(x, s) for x, s in zip(levels, self.num_grids)))
+        cls_logits, kernels = zip(*(self.instance_branch(x, g) for x, g in zip(levels, self.grids(feats[0]))))
         return self.outputs(list(cls_logits), list(kernels), mask_feats)

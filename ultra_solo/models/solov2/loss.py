@@ -95,7 +95,7 @@ class SOLOv2Loss:
             batch["batch_idx"],
             batch["img"].shape[0],
             (img_h, img_w),
-            self.layout.num_grids,
+            self.layout.grids((img_h, img_w)),
             self.scale_ranges,
             self.pos_scale,
         )

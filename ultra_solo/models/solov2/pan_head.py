@@ -220,16 +220,17 @@ class SOLOPANHead(SOLOHead):
         initialize_weights(self.cv3)  # Ultralytics' BatchNorm eps and momentum, as the model's build gave the others
         self.cv3.to(device, dtype).train(self.training)
 
-    def level(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Category logits (B, nc, S, S) and kernels (B, E(+2), S, S) of level i from its neck output (B, C, h, w)."""
-        x = to_grid(x, self.num_grids[i])
+    def level(self, i: int, x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Category logits (B, nc, S_h, S_w) and kernels (B, E(+2), S_h, S_w) of level i from its neck output."""
+        x = to_grid(x, grid)  # (B, C, S_h, S_w): the neck output itself at the grid's size (imgsz 320)
         cv4 = self.cv4[i]
         return self.cv3[i](x), cv4[2](cv4[1](conv_with_coords(cv4[0], x)))
 
     def forward(self, feats: list[torch.Tensor]):
         """Run the head on the neck's P3, P4, P5; see `head.py` for the outputs of each mode."""
         mask_feats = self.proto(feats)  # (B, E, H/4, W/4)
-        cls_logits, kernels = zip(*(self.level(i, x) for i, x in enumerate(feats)))
+        grids = self.grids(feats[0])
+        cls_logits, kernels = zip(*(self.level(i, x, g) for i, (x, g) in enumerate(zip(feats, grids))))
         return self.outputs(list(cls_logits), list(kernels), mask_feats)
 
     def __setstate__(self, state: dict) -> None:
