@@ -1,7 +1,9 @@
 """Accuracy on non-square inputs: the same trained models on a square validation set and on it padded to 3:2 and 2:3.
 
 Every validation image is padded with gray (114) bars, centred, to a wider (3:2) and a taller (2:3) image, its polygon
-labels moved with it; objects then fill 2/3 of the letterboxed input's longer side they filled before. Validation is
+labels moved with it; objects then fill 2/3 of the letterboxed input's longer side they filled before. A third set pads
+each image to a square as large (1:1): objects shrink as much, the input stays square, so the step from 1:1 to 3:2 or
+2:3 is the cost of the shape alone and the step from square to 1:1 that of smaller objects. Validation is
 Ultralytics' (`rect` batches: a 3:2 image is validated at 320 x 224 for imgsz 320), the same for every model, so the
 table shows how much each model loses on non-square inputs, the images most users have (4:3 photos, 16:9 video).
 
@@ -23,7 +25,7 @@ from ultralytics.utils import YAML
 from ultra_solo.compare.compare import model_class
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-ASPECTS = {"3:2": (3, 2), "2:3": (2, 3)}  # name -> (width, height) ratio of the padded image
+ASPECTS = {"1:1": (1, 1), "3:2": (3, 2), "2:3": (2, 3)}  # name -> (width, height) ratio of the padded image
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,6 +46,16 @@ def padded_label(line: str, scale: np.ndarray, shift: np.ndarray) -> str:
     return " ".join([cls, *(f"{v:.6f}" for v in points.flatten())])
 
 
+def canvas_size(w: int, h: int, aspect: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the padded image: the smallest canvas of that aspect holding the image; for 1:1 the square
+    with the longer side of the 3:2 and 2:3 canvases, so objects shrink as much as there and only the shape differs."""
+    if aspect == (1, 1):
+        side = max(max(canvas_size(w, h, a)) for a in ((3, 2), (2, 3)))
+        return side, side
+    side = max(w / aspect[0], h / aspect[1])
+    return round(side * aspect[0]), round(side * aspect[1])
+
+
 def pad_split(images: list[Path], aspect: tuple[int, int], out: Path) -> Path:
     """Write every image padded to `aspect` (width, height) with its labels into `out`; return its images folder."""
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -51,8 +63,7 @@ def pad_split(images: list[Path], aspect: tuple[int, int], out: Path) -> Path:
     for image, label in zip(images, img2label_paths([str(p) for p in images])):
         im = cv2.imread(str(image))
         h, w = im.shape[:2]
-        side = max(w / aspect[0], h / aspect[1])  # the smallest canvas of that aspect holding the image
-        cw, ch = round(side * aspect[0]), round(side * aspect[1])
+        cw, ch = canvas_size(w, h, aspect)
         left, top = (cw - w) // 2, (ch - h) // 2
         canvas = np.full((ch, cw, 3), 114, dtype=np.uint8)
         canvas[top : top + h, left : left + w] = im
@@ -93,10 +104,13 @@ def main() -> None:
             )
             scores[name] = metrics.seg.map
         drops = [f"{scores[n]:.3f} ({scores[n] / scores['square'] - 1:+.0%})" for n in ASPECTS]
-        rows.append(f"| {spec} | {scores['square']:.3f} | " + " | ".join(drops) + " |")
-    print(f"\nmask mAP50-95 at imgsz {args.imgsz} on {args.data} (padded: change from square)\n")
-    print("| model | square | " + " | ".join(f"padded to {n}" for n in ASPECTS) + " |")
-    print("|---|---|" + "---|" * len(ASPECTS))
+        shape = [f"{scores[n] / scores['1:1'] - 1:+.0%}" for n in ASPECTS if n != "1:1"]
+        rows.append(f"| {spec} | {scores['square']:.3f} | " + " | ".join(drops + shape) + " |")
+    print(f"\nmask mAP50-95 at imgsz {args.imgsz} on {args.data} (padded: change from square; shape: from 1:1)\n")
+    shapes = [n for n in ASPECTS if n != "1:1"]
+    columns = [f"padded to {n}" for n in ASPECTS] + [f"shape {n}" for n in shapes]
+    print("| model | square | " + " | ".join(columns) + " |")
+    print("|---|---|" + "---|" * (len(ASPECTS) + len(shapes)))
     print("\n".join(rows))
 
 

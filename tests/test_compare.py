@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import torch
 from faster_coco_eval.core import mask as mask_utils
 from ultralytics.data import YOLODataset
 from ultralytics.data.utils import check_det_dataset
@@ -15,6 +16,7 @@ from ultralytics.utils import YAML
 from ultra_solo.compare import compare
 from ultra_solo.compare.args import ArgumentMismatchError, SeedsError, check_same_args
 from ultra_solo.compare.cocoeval import coco_metrics, ground_truth
+from ultra_solo.compare.pictures import best_matches
 from ultra_solo.compare.speed import inference_latency
 
 from .conftest import NO_AUGMENT
@@ -65,7 +67,7 @@ def test_report_summary_curves_and_picture(compared):
                  "GFLOPs@64", "boundary mAP50-95", "![predictions](predictions.jpg)"):  # fmt: skip
         assert text in report, text
     header, *rows = (compared / "summary.csv").read_text().splitlines()
-    new = ["weights", "boundary_mAP50-95", "boundary_mAP50", "mask_mAP_small", "mask_mAP_medium", "mask_mAP_large"]
+    new = ["weights", "coco_mask_mAP75", "boundary_mAP50-95", "boundary_mAP50", "mask_mAP_small", "mask_mAP_medium"]
     assert len(rows) == 2 and set(new) <= set(header.split(",")) and "metrics/mAP50-95(M)" in header
     assert all(row.split(",")[header.split(",").index("weights")] == "scratch" for row in rows)
     assert (compared / "curves.png").stat().st_size > 10_000
@@ -198,4 +200,15 @@ def test_mask_ap_equals_pycocotools(coco8):
     assert 0.2 < metrics["coco_mask_mAP50-95"] < 0.95
     assert metrics["coco_mask_mAP50-95"] == pytest.approx(reference.stats[0], abs=1e-6)
     assert metrics["coco_mask_mAP50"] == pytest.approx(reference.stats[1], abs=1e-6)
+    assert metrics["coco_mask_mAP75"] == pytest.approx(reference.stats[2], abs=1e-6)
     assert metrics["mask_mAP_small"] == pytest.approx(reference.stats[3], abs=1e-6)
+
+
+def test_best_matches_by_mask_iou():
+    gt = torch.zeros(2, 4, 4, dtype=torch.bool)
+    gt[0, :2, :2], gt[1, 2:, 2:] = True, True  # 4 px each
+    pred = torch.zeros(3, 4, 4, dtype=torch.bool)
+    pred[0, :2, :3], pred[1, 2:, 3:], pred[2] = True, True, True  # 6 px over gt 0, 2 px inside gt 1, everything
+    best, iou = best_matches(gt, pred)
+    assert best.tolist() == [0, 1] and iou.tolist() == pytest.approx([4 / 6, 2 / 4])  # the whole image: 4 / 16
+    assert [len(t) for t in best_matches(gt, pred[:0])] == [0, 0]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from ultralytics.utils.metrics import SegmentMetrics
 
 from ultra_solo import SOLO
+from ultra_solo.models.solov2.network import SOLOv2Model
+from ultra_solo.models.solov2.train import SOLOTrainer
 
 from .conftest import NO_AUGMENT
 
@@ -113,3 +116,18 @@ def test_resume_after_crash(coco8, tmp_path):
     epochs = [int(float(r.split(",")[0])) for r in (tmp_path / "run" / "results.csv").read_text().splitlines()[1:]]
     assert epochs == [1, 2, 3]
     assert (tmp_path / "run" / "weights" / "best.pt").is_file()
+
+
+def test_training_masks_follow_a_finer_mask_loss(coco8, tmp_path):
+    # loss_stride 2: the training set's masks at input / 2 (also after close_mosaic), validation's and args' stay at 4.
+    model = Path(__file__).parents[1] / "benchmarks/ablation/yolo11n-solo-stride2.yaml"
+    args = dict(model=str(model), data=str(coco8), imgsz=64, project=str(tmp_path), name="t", **NO_AUGMENT)
+    trainer = SOLOTrainer(overrides=args)
+    trainer.model = SOLOv2Model(str(model), nc=trainer.data["nc"], verbose=False)
+    train_set = trainer.build_dataset(trainer.data["train"], "train", 4)
+    assert train_set[0]["masks"].shape[-2:] == (32, 32) and trainer.args.mask_ratio == 4
+    trainer.train_loader = SimpleNamespace(dataset=train_set)
+    trainer._close_dataloader_mosaic()
+    assert train_set[0]["masks"].shape[-2:] == (32, 32) and trainer.args.mask_ratio == 4
+    val_image = trainer.build_dataset(trainer.data["val"], "val", 4)[0]
+    assert val_image["masks"].shape[-2:] == tuple(s // 4 for s in val_image["img"].shape[-2:])

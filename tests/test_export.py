@@ -137,3 +137,31 @@ def test_missing_packages_and_formats_are_named(weights, monkeypatch):
     monkeypatch.setattr(export, "find_spec", lambda name: None if name == "onnxslim" else object())
     with pytest.raises(export.MissingExtraError, match=r"onnxslim: pip install 'ultra-solo\[export\]'"):
         SOLO(weights).export(format="onnx")
+
+
+def test_stride4_skip_exports_like_the_pt(weights, tmp_path):
+    # SOLOPANHeadP2 reads the trunk's stride-4 row (one more input to the head): its ONNX and end2end exports give the
+    # .pt's dense outputs and detections. It starts from the learned model's weights, its skip made to contribute.
+    import onnxruntime
+
+    model = SOLO(str(Path(__file__).parents[1] / "benchmarks" / "ablation" / "yolo11n-solo-p2.yaml"))
+    model.load(str(weights))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.model.model[-1].proto.skip.bn.weight.uniform_(0.5, 1.5)
+    model.save(tmp_path / "p2.pt")
+    model = SOLO(tmp_path / "p2.pt")
+    onnx_file = Path(model.export(format="onnx", imgsz=IMGSZ))
+    dense_file = Path(shutil.move(onnx_file, onnx_file.with_name("dense.onnx")))
+    end2end_file = Path(model.export(format="onnx", imgsz=IMGSZ, nms=True))
+    x = torch.rand(1, 3, IMGSZ, IMGSZ)
+    net = model.model.float().eval()
+    with torch.no_grad(), solo_decoding(net):
+        ref = dense_outputs(net(x))
+    providers = ["CPUExecutionProvider"]
+    dense = onnxruntime.InferenceSession(str(dense_file), providers=providers).run(None, {"images": x.numpy()})
+    assert np.isclose(dense[0], ref[0].numpy(), atol=1e-4).mean() > 0.999  # point NMS may flip near-equal neighbours
+    assert np.allclose(dense[1], ref[1].numpy(), atol=1e-3) and np.allclose(dense[2], ref[2].numpy(), atol=1e-3)
+    scores, _, _ = onnxruntime.InferenceSession(str(end2end_file), providers=providers).run(None, {"images": x.numpy()})
+    [(_, conf, _)] = detections(ref, decode_settings(net), 0.001, 300)
+    assert len(conf) > 0 and np.allclose(scores[0, : len(conf)], conf.numpy(), atol=1e-3)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ultra_solo.models.solov2.decode import detections
+from ultra_solo.models.solov2.head import flatten_levels, raw_outputs
 from ultra_solo.models.solov2.layout import GridLayout
-from ultra_solo.models.solov2.loss import dice_loss, positive_mask_logits
+from ultra_solo.models.solov2.loss import dice_loss, mask_probs, pixel_bce, positive_mask_logits
 from ultra_solo.models.solov2.network import SOLOv2Model, decode_settings, solo_decoding
 
 
@@ -111,6 +115,42 @@ def test_dice_loss_values():
     assert dice_loss(1 - target, target, eps=0).item() == pytest.approx(1.0)
     half = target * 0.5  # a = 8 * 0.5 = 4, sum p^2 = 2, sum t^2 = 8 -> 1 - 8 / 10
     assert dice_loss(half, target, eps=0).item() == pytest.approx(0.2)
+
+
+def test_pixel_bce_values():
+    probs = torch.tensor([[[0.9, 0.2], [0.5, 0.99]]])
+    target = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    expected = -(math.log(0.9) + math.log(0.8) + math.log(0.5) + math.log(0.99)) / 4
+    assert pixel_bce(probs, target).item() == pytest.approx(expected, rel=1e-6)
+    assert pixel_bce(target, target).item() == pytest.approx(0.0, abs=1e-5)  # clamped, never log(0)
+
+
+def test_mask_probs_upsample_probabilities_with_half_pixel_centres():
+    logits = torch.tensor([[[0.0, math.log(3.0)]]])  # (1, 1, 2): probabilities 0.5, 0.75
+    up = mask_probs(logits, (2, 4))[0, 0]  # output pixel centres 0.25, 0.75, 1.25, 1.75 in input pixels
+    assert up.tolist() == pytest.approx([0.5, 0.5 + 0.25 * 0.25, 0.5 + 0.75 * 0.25, 0.75])
+    assert torch.equal(mask_probs(logits, (1, 2)), logits.sigmoid())  # at the features' own size: no resampling
+
+
+@pytest.mark.parametrize("loss_stride", [1, 2])
+def test_finer_mask_loss_matches_its_definition(model, loss_stride):
+    # The loss at input / loss_stride, by hand: the positives' logits at stride 4, their probabilities upsampled,
+    # ground truth at input / loss_stride, dice (and BCE) per positive.
+    b = batch(2)
+    crit = model.init_criterion()
+    crit.loss_stride, crit.bce_weight = loss_stride, 0.5
+    raw = raw_outputs(model(b["img"]))  # training mode: the raw outputs
+    size = (128 // loss_stride, 128 // loss_stride)
+    gt, _, assigned = crit.targets(b, size)
+    pos = assigned >= 0
+    kernels, feats = flatten_levels(raw["kernels"]), raw["mask_feats"]
+    logits = positive_mask_logits(crit.layout, kernels, feats, pos)
+    probs = F.interpolate(logits.sigmoid()[:, None], size, mode="bilinear", align_corners=False)[:, 0]
+    targets = gt[assigned[pos]]
+    dice = torch.stack([1 - 2 * (p * t).sum() / ((p * p).sum() + (t * t).sum() + 2e-3) for p, t in zip(probs, targets)])
+    bce = torch.stack([F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), t) for p, t in zip(probs, targets)])
+    expected = dice.mean() * crit.mask_weight + bce.mean() * 0.5
+    assert gt.shape[1:] == size and crit(raw, b)[1]["mask_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
 
 
 def test_multi_scale_resizes_ground_truth_masks(model):

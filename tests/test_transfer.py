@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from copy import deepcopy
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,3 +145,18 @@ def test_checkpoint_of_the_old_head_is_refused_by_name():
     head = SOLOPANHead.__new__(SOLOPANHead)
     with pytest.raises(TypeError, match="predates ultra-solo 0.2"):
         head.__setstate__({"_modules": {"grid_branches": None}, "training": False})
+
+
+def test_stride4_skip_starts_silent_after_transfer(tmp_path, caplog):
+    # SOLOPANHeadP2 (benchmarks/ablation/yolo11n-solo-p2.yaml): the skip from the trunk's stride-4 row is SOLO's own
+    # (6 tensors more) and adds nothing until trained, so the transferred model still computes YOLO's logits.
+    file = tmp_path / "yolo11n-seg.pt"
+    seg = yolo_checkpoint("yolo11", file)
+    model = SOLO(str(Path(__file__).parents[1] / "benchmarks" / "ablation" / "yolo11n-solo-p2.yaml"))
+    with caplog.at_level(logging.INFO, logger="ultralytics"):
+        model.load(str(file))
+    assert "trunk 378/378, category 78/78, kernels 42/42, mask features 20/38 (18 SOLO's own)" in caplog.text
+    x = torch.rand(1, 3, 320, 256)
+    (cls, masks), (yolo_cls, yolo_masks) = solo_logits(model.model, x), yolo_logits(seg, x)
+    torch.testing.assert_close(cls, yolo_cls, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(masks, yolo_masks, rtol=1e-4, atol=1e-4)

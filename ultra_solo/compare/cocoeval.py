@@ -20,6 +20,7 @@ from ultralytics.data import YOLODataset
 METRICS = {  # summary column -> (iouType, index in COCOeval's stats)
     "coco_mask_mAP50-95": ("segm", 0),
     "coco_mask_mAP50": ("segm", 1),
+    "coco_mask_mAP75": ("segm", 2),
     "mask_mAP_small": ("segm", 3),
     "mask_mAP_medium": ("segm", 4),
     "mask_mAP_large": ("segm", 5),

@@ -252,8 +252,9 @@ def compare(
     if gt:
         notes["COCO columns"] = (
             "faster-coco-eval on the validator's own predictions (native-resolution masks, conf down to the validator's"
-            " conf): COCO mask AP, mask AP of small / medium / large objects (< 32^2, 32^2-96^2, > 96^2 px in the"
-            " original image; '-': no such objects), Boundary AP (Boundary IoU, dilation 2% of the image diagonal)"
+            " conf): COCO mask AP (AP75: at mask IoU 0.75), mask AP of small / medium / large objects (< 32^2,"
+            " 32^2-96^2, > 96^2 px in the original image; '-': no such objects), Boundary AP (Boundary IoU, dilation"
+            " 2% of the image diagonal)"
         )
     write_report(folder / "report.md", rows, shared, val_args, notes)
     LOGGER.info(f"compare: report written to {folder / 'report.md'}")

@@ -27,6 +27,7 @@ COLUMNS = {  # summary key -> report header ({imgsz}: the evaluation size)
     "metrics/mAP50(M)": "mask mAP50",
     "metrics/mAP50-95(M)": "mask mAP50-95",
     "coco_mask_mAP50": "COCO mask mAP50",
+    "coco_mask_mAP75": "COCO mask mAP75",
     "coco_mask_mAP50-95": "COCO mask mAP50-95",
     "mask_mAP_small": "mask mAP small",
     "mask_mAP_medium": "mask mAP medium",
@@ -61,8 +62,9 @@ def environment(device: str | None) -> dict[str, str]:
 
 
 PICTURE = (
-    "predictions.jpg: the first validation images in rows; ground truth, then each model's predictions (predict"
-    " defaults, masks at the original resolution, `retina_masks=True`)."
+    "predictions.jpg: the first validation images in rows; ground truth, then for each model, per ground-truth object,"
+    " its prediction with the highest mask IoU (any score down to 0.001, drawn with its score; masks at the original"
+    " resolution, `retina_masks=True`), the ground truth's outlines in white, and the mean of those IoUs in the title."
 )
 FORMATS = {"latency_ms": "{:.1f}", "train_img_s": "{:.2f}", "params_M": "{:.2f}", "GFLOPs": "{:.2f}"}
 

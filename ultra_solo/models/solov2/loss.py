@@ -6,6 +6,7 @@ Shape shorthand in this module:
     R: grid cells over all levels; P: positive cells in the batch
     E: mask-feature channels; C: kernel channels (E, or E + 2 with cell offsets: `layout.GridLayout`)
     h, w: mask-feature height and width (input / 4)
+    h', w': height and width of the masks the loss compares (input / loss_stride)
     nc: number of classes
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 from ultralytics.utils import LOGGER, ops
 
@@ -30,6 +32,19 @@ def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-3) -> 
     probs, targets = probs.flatten(1), targets.flatten(1)
     inter = (probs * targets).sum(1)
     return 1 - 2 * inter / ((probs * probs).sum(1) + (targets * targets).sum(1) + 2 * eps)
+
+
+def mask_probs(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Mask probabilities (P, h', w') from logits (P, h, w), upsampled bilinearly as decoding upsamples them."""
+    probs = logits.sigmoid()
+    if tuple(probs.shape[1:]) == tuple(size) or not len(probs):
+        return probs
+    return F.interpolate(probs[None], size, mode="bilinear", align_corners=False)[0]
+
+
+def pixel_bce(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Mean binary cross-entropy per mask over its pixels, (P, h', w') probabilities and binary targets -> (P,)."""
+    return F.binary_cross_entropy(probs.clamp(eps, 1 - eps), targets, reduction="none").flatten(1).mean(1)
 
 
 def positive_mask_logits(
@@ -70,6 +85,8 @@ class SOLOv2Loss:
         self.pos_scale = settings.pos_scale
         self.cls_weight = settings.cls_weight
         self.mask_weight = settings.mask_weight
+        self.bce_weight = settings.bce_weight
+        self.loss_stride = settings.loss_stride
         self.alpha = settings.focal_alpha
         self.gamma = settings.focal_gamma
         args = getattr(model, "args", {})
@@ -84,7 +101,7 @@ class SOLOv2Loss:
         self.skipped = 0
 
     def targets(self, batch: dict, mask_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return GT masks (N, h, w) at `mask_size`, classes (N,) and the cell assignment (B, R)."""
+        """Return GT masks (N, h', w') at `mask_size`, classes (N,) and the cell assignment (B, R)."""
         img_h, img_w = batch["img"].shape[2:]
         masks = instance_masks(batch["masks"], batch["batch_idx"], self.overlap)
         masks = resize_masks(masks, mask_size)  # multi_scale or mask_ratio != 4 change the GT size
@@ -117,13 +134,17 @@ class SOLOv2Loss:
             cls_logits = flatten_levels(cls_maps).float()  # (B, R, nc)
             kernels = flatten_levels(kernel_maps).float()  # (B, R, C)
             mask_feats = mask_feats.float()  # (B, E, h, w)
-            gt_masks, gt_cls, assigned = self.targets(batch, mask_feats.shape[2:])
+            loss_size = tuple(s // self.loss_stride for s in batch["img"].shape[2:])  # (h', w')
+            gt_masks, gt_cls, assigned = self.targets(batch, loss_size)
             pos = assigned >= 0  # (B, R)
             inst = assigned[pos]  # (P,)
 
             if len(inst):
                 logits = positive_mask_logits(self.layout, kernels, mask_feats, pos)  # (P, h, w)
-                mask_loss = dice_loss(logits.sigmoid(), gt_masks[inst]).mean() * self.mask_weight
+                probs, targets = mask_probs(logits, loss_size), gt_masks[inst]  # (P, h', w')
+                mask_loss = dice_loss(probs, targets).mean() * self.mask_weight
+                if self.bce_weight:
+                    mask_loss = mask_loss + pixel_bce(probs, targets).mean() * self.bce_weight
             else:  # keep every parameter in the graph (DDP) with a zero mask loss
                 mask_loss = (kernels.sum() + mask_feats.sum()) * 0.0
 

@@ -19,10 +19,10 @@ from .cfg import load_model_yaml, resolve_scale
 from .decode import DecodeSettings
 from .head import SOLOHead, SOLOv2Head
 from .layout import GridLayout
-from .pan_head import SOLOPANHead, SOLOPANHead26
+from .pan_head import SOLOPANHead, SOLOPANHead26, SOLOPANHeadP2
 from .settings import SOLOSettings, settings_from_metadata
 
-HEADS: dict[str, type[SOLOHead]] = {h.__name__: h for h in (SOLOv2Head, SOLOPANHead, SOLOPANHead26)}
+HEADS: dict[str, type[SOLOHead]] = {h.__name__: h for h in (SOLOv2Head, SOLOPANHead, SOLOPANHead26, SOLOPANHeadP2)}
 
 
 class SOLOv2Model(BaseModel):

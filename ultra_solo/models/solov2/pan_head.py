@@ -130,6 +130,27 @@ class SOLOProto(Proto):
         return self.cv3(self.cv2(self.upsample(conv_with_coords(self.cv1, p3))))
 
 
+class SOLOProtoP2(SOLOProto):
+    """`SOLOProto` with the trunk's stride-4 features added after its 2x upsample through a 1x1, silent at the start."""
+
+    def __init__(self, ch: list[int], c_: int, c2: int):
+        """Build `SOLOProto(ch[1:], c_, c2)` and the skip from the stride-4 row.
+
+        Args:
+            ch (list[int]): Channels of the trunk's stride-4 row, then P3, P4, P5.
+            c_ (int): Intermediate channels (YOLO's npr).
+            c2 (int): Mask-feature channels E (YOLO's nm).
+        """
+        super().__init__(ch[1:], c_, c2)
+        self.skip = silent(Conv(ch[0], c_, 1))
+
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        """Mask features (B, E, H/4, W/4) from the stride-4 row (B, C2, H/4, W/4) and P3..P5."""
+        p3 = add_levels(x[1:], self.feat_refine)  # (B, C3, H/8, W/8)
+        up = self.upsample(conv_with_coords(self.cv1, p3))  # (B, c_, H/4, W/4)
+        return self.cv3(self.cv2(up + self.skip(x[0])))
+
+
 class SOLOProto26(Proto26):
     """YOLO26's `Proto26` with CoordConv channels into `feat_fuse` (silent), without the semantic head it trains."""
 
@@ -247,3 +268,24 @@ class SOLOPANHead26(SOLOPANHead):
     """SOLO on YOLO26's PAN trunk: `Segment26`'s one-to-many branches and its `Proto26` (module docstring)."""
 
     proto_class = SOLOProto26
+
+
+class SOLOPANHeadP2(SOLOPANHead):
+    """`SOLOPANHead` whose mask features also read the trunk's stride-4 row (YOLO11n: row 2, C3k2, 64 channels) through
+    a silent 1x1 (`SOLOProtoP2`): detail SOLOv2's own mask branch takes from FPN P2. A YOLO-seg checkpoint transfers as
+    into `SOLOPANHead`, the skip starting at zero contribution; the grid levels are the neck's P3, P4, P5."""
+
+    in_strides = (4, 8, 16, 32)  # the trunk's stride-4 row, then the neck's P3, P4, P5
+
+    def __init__(self, in_channels: list[int], nc: int, nm: int, npr: int, num_grids: list[int], offsets: bool = False):
+        """Build `SOLOPANHead` on P3-P5 (`in_channels[1:]`) and its mask-feature branch with the stride-4 skip."""
+        super().__init__(in_channels[1:], nc, nm, npr, num_grids, offsets)
+        self.proto = SOLOProtoP2(in_channels, npr, nm)
+
+    def forward(self, feats: list[torch.Tensor]):
+        """Run the head on the stride-4 row and the neck's P3, P4, P5; see `head.py` for the outputs of each mode."""
+        mask_feats = self.proto(feats)  # (B, E, H/4, W/4)
+        grids = self.grids(feats[0])
+        levels = feats[1:]
+        cls_logits, kernels = zip(*(self.level(i, x, g) for i, (x, g) in enumerate(zip(levels, grids))))
+        return self.outputs(list(cls_logits), list(kernels), mask_feats)

@@ -28,6 +28,9 @@ class SOLOSettings:
             False: the trunk only, the head starts from SOLO's own initialisation.
         pos_scale (float): Positive cells lie within pos_scale x (w/2, h/2) of the mask's centre of mass.
         cls_weight, mask_weight (float): Focal and dice loss weights.
+        bce_weight (float): Weight of a per-pixel binary cross-entropy term on the positives' masks (0: dice only).
+        loss_stride (int): The mask loss compares masks at input / loss_stride: 4 is the mask features' own stride;
+            2 or 1 upsample the mask probabilities bilinearly, as decoding does, and train on finer ground truth.
         focal_alpha, focal_gamma (float): Focal loss constants.
         nms_pre (int): Candidates decoded per image.
         mask_thr (float): Mask probability threshold.
@@ -45,6 +48,8 @@ class SOLOSettings:
     pos_scale: float = 0.2
     cls_weight: float = 1.0
     mask_weight: float = 3.0
+    bce_weight: float = 0.0
+    loss_stride: int = 4
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     nms_pre: int = 500
@@ -76,6 +81,8 @@ class SOLOSettings:
             raise ValueError(f"'solo' block of {source}: num_grids, scale_ranges or strides malformed ({e})") from None
         if len(values["scale_ranges"]) != len(values["num_grids"]):
             raise ValueError(f"'solo' block of {source}: one scale range per grid level is needed")
+        if values.get("loss_stride", 4) not in {1, 2, 4}:
+            raise ValueError(f"'solo' block of {source}: loss_stride must be 1, 2 or 4: {block['loss_stride']!r}")
         if values.get("kernel", "gaussian") not in {"gaussian", "linear"}:
             raise ValueError(f"'solo' block of {source}: kernel must be 'gaussian' or 'linear': {block['kernel']!r}")
         return cls(**values)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from copy import copy
 from pathlib import Path
 
 from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, RANK
+from ultralytics.utils.torch_utils import unwrap_model
 
 from ultra_solo.utils.labels import naming_non_polygon_rows
 
@@ -53,10 +55,32 @@ class SOLOTrainer(SegmentationTrainer):
             model.load_pretrained_backbone(self.args.pretrained)
         return model
 
+    @contextmanager
+    def training_mask_ratio(self):
+        """Within: `mask_ratio` no coarser than the model's `loss_stride`, for the training set's ground-truth masks.
+
+        A SOLO model with a finer mask loss (`loss_stride` 2 or 1) needs finer training masks than the mask_ratio 4 its
+        validation keeps; the run's arguments (args.yaml) stay as given.
+        """
+        given = self.args.mask_ratio
+        self.args.mask_ratio = min(given, unwrap_model(self.model).settings.loss_stride)
+        try:
+            yield
+        finally:
+            self.args.mask_ratio = given
+
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
         """Build Ultralytics' YOLO dataset; label rows that are not polygons are named in the error."""
         with naming_non_polygon_rows(img_path):
-            return super().build_dataset(img_path, mode, batch)
+            if mode != "train":
+                return super().build_dataset(img_path, mode, batch)
+            with self.training_mask_ratio():
+                return super().build_dataset(img_path, mode, batch)
+
+    def _close_dataloader_mosaic(self):
+        """Ultralytics' close_mosaic, which rebuilds the training transforms, with the training set's mask_ratio."""
+        with self.training_mask_ratio():
+            super()._close_dataloader_mosaic()
 
     def get_validator(self) -> SOLOValidator:
         """Return the SOLOv2 validator."""
