@@ -189,7 +189,8 @@ class SOLOPANHead(SOLOHead):
         """Build the per-level branches and the mask-feature branch at `Segment`'s widths.
 
         Args:
-            in_channels (list[int]): Channels of the neck outputs P3, P4, P5.
+            in_channels (list[int]): Channels of the inputs: the neck outputs P3, P4, P5 (`SOLOPANHeadP2`: the
+                trunk's stride-4 row first).
             nc (int): Number of classes.
             nm (int): Dynamic kernel size E = mask-feature channels (YOLO's number of masks).
             npr (int): Mask-branch channels (YOLO's number of prototypes, already scaled: `scale_args`).
@@ -201,9 +202,10 @@ class SOLOPANHead(SOLOHead):
             raise ValueError(f"{type(self).__name__} has one grid per neck level (P3, P4, P5): num_grids {num_grids}")
         self.nc, self.kernel_size, self.num_grids = nc, nm, list(num_grids)
         kernel_out = GridLayout(tuple(num_grids), self.strides, offsets).kernel_channels(nm)
-        c3, c4 = max(in_channels[0], min(nc, 100)), max(in_channels[0] // 4, nm)  # as YOLO's Detect and Segment
-        self.cv3 = nn.ModuleList(category_branch(c, c3, nc) for c in in_channels)
-        self.cv4 = nn.ModuleList(kernel_branch(c, c4, nm, kernel_out) for c in in_channels)
+        levels = in_channels[-3:]  # the grid levels read the neck's P3, P4, P5; the mask features read every input
+        c3, c4 = max(levels[0], min(nc, 100)), max(levels[0] // 4, nm)  # as YOLO's Detect and Segment
+        self.cv3 = nn.ModuleList(category_branch(c, c3, nc) for c in levels)
+        self.cv4 = nn.ModuleList(kernel_branch(c, c4, nm, kernel_out) for c in levels)
         self.proto = self.proto_class(in_channels, npr, nm)
 
     @staticmethod
@@ -248,10 +250,10 @@ class SOLOPANHead(SOLOHead):
         return self.cv3[i](x), cv4[2](cv4[1](conv_with_coords(cv4[0], x)))
 
     def forward(self, feats: list[torch.Tensor]):
-        """Run the head on the neck's P3, P4, P5; see `head.py` for the outputs of each mode."""
+        """Run the head on its inputs (the neck's P3, P4, P5 last); see `head.py` for the outputs of each mode."""
         mask_feats = self.proto(feats)  # (B, E, H/4, W/4)
         grids = self.grids(feats[0])
-        cls_logits, kernels = zip(*(self.level(i, x, g) for i, (x, g) in enumerate(zip(feats, grids))))
+        cls_logits, kernels = zip(*(self.level(i, x, g) for i, (x, g) in enumerate(zip(feats[-3:], grids))))
         return self.outputs(list(cls_logits), list(kernels), mask_feats)
 
     def __setstate__(self, state: dict) -> None:
@@ -276,16 +278,4 @@ class SOLOPANHeadP2(SOLOPANHead):
     into `SOLOPANHead`, the skip starting at zero contribution; the grid levels are the neck's P3, P4, P5."""
 
     in_strides = (4, 8, 16, 32)  # the trunk's stride-4 row, then the neck's P3, P4, P5
-
-    def __init__(self, in_channels: list[int], nc: int, nm: int, npr: int, num_grids: list[int], offsets: bool = False):
-        """Build `SOLOPANHead` on P3-P5 (`in_channels[1:]`) and its mask-feature branch with the stride-4 skip."""
-        super().__init__(in_channels[1:], nc, nm, npr, num_grids, offsets)
-        self.proto = SOLOProtoP2(in_channels, npr, nm)
-
-    def forward(self, feats: list[torch.Tensor]):
-        """Run the head on the stride-4 row and the neck's P3, P4, P5; see `head.py` for the outputs of each mode."""
-        mask_feats = self.proto(feats)  # (B, E, H/4, W/4)
-        grids = self.grids(feats[0])
-        levels = feats[1:]
-        cls_logits, kernels = zip(*(self.level(i, x, g) for i, (x, g) in enumerate(zip(levels, grids))))
-        return self.outputs(list(cls_logits), list(kernels), mask_feats)
+    proto_class = SOLOProtoP2

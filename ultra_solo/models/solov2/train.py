@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from copy import copy
 from pathlib import Path
 
@@ -71,11 +71,8 @@ class SOLOTrainer(SegmentationTrainer):
 
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
         """Build Ultralytics' YOLO dataset; label rows that are not polygons are named in the error."""
-        with naming_non_polygon_rows(img_path):
-            if mode != "train":
-                return super().build_dataset(img_path, mode, batch)
-            with self.training_mask_ratio():
-                return super().build_dataset(img_path, mode, batch)
+        with naming_non_polygon_rows(img_path), self.training_mask_ratio() if mode == "train" else nullcontext():
+            return super().build_dataset(img_path, mode, batch)
 
     def _close_dataloader_mosaic(self):
         """Ultralytics' close_mosaic, which rebuilds the training transforms, with the training set's mask_ratio."""
