@@ -78,6 +78,18 @@ def test_report_summary_curves_and_picture(compared):
         assert args["overlap_mask"] is True and args["mosaic"] == 0.0  # the one shared argument set
 
 
+def test_report_gives_every_difference_a_bootstrap_interval(compared):
+    report = (compared / "report.md").read_text()
+    assert "## Differences over the validation images (paired bootstrap)" in report
+    assert "### yolo11n-solo.yaml minus yolo11n-seg.yaml\n" in report and "on the 4 validation images" in report
+    verdicts = ("higher than yolo11n-seg.yaml", "lower than yolo11n-seg.yaml", "no difference shown")
+    for metric in ("COCO mask mAP50-95", "boundary mAP50-95"):
+        row = next(line for line in report.splitlines() if line.startswith(f"| {metric} | "))
+        cells = row.split(" | ")
+        low, high = (float(x) for x in cells[4].strip("[]").split(", "))
+        assert low <= high and any(v in cells[5] for v in verdicts), row
+
+
 def test_trained_models_are_not_retrained(compared, coco8):
     best = compared / "yolo11n-solo" / "weights" / "best.pt"
     before = best.stat().st_mtime_ns

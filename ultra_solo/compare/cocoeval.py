@@ -8,6 +8,7 @@ smaller of its mask IoU and the IoU of the two masks' boundary bands, 2% of the 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -72,27 +73,87 @@ def ground_truth(dataset: YOLODataset, names: dict[int, str]) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
+class COCOScores:
+    """One model's COCO evaluation (`segm` and `boundary`) of a ground truth, kept per image so that its `METRICS`
+    can be recomputed over any multiset of the images (a bootstrap resample) without matching anything again.
+
+    faster-coco-eval matches detections to ground truth image by image (`evaluate`, with `separate_eval`) and only then
+    accumulates the matches into precision / recall (`accumulate`): accumulating a resample's per-image matches, an
+    image drawn twice counting twice, scores exactly what the evaluator would on a data set holding those images.
+    """
+
+    def __init__(self, gt: dict, predictions: list[dict]):
+        """Match `predictions` (COCO results with RLE masks, images by file name) to `gt`, image by image."""
+        ids = {im["file_name"]: im["id"] for im in gt["images"]}
+        dets = scored_detections([{**p, "image_id": ids[p["file_name"]]} for p in predictions if p["file_name"] in ids])
+        self.n_images = len(gt["images"])
+        self.evaluators = {}  # iouType -> evaluated COCOeval_faster; none without detections (every metric 0)
+        if dets:
+            coco = COCO(gt)
+            log = logging.getLogger(__name__).debug  # faster-coco-eval prints its summary through print_function
+            for iou_type in ("segm", "boundary"):
+                evaluator = COCOeval_faster(coco, coco.loadRes(dets), iou_type, print_function=log, separate_eval=True)
+                evaluator.evaluate()
+                self.evaluators[iou_type] = evaluator
+
+    def metrics(self, images: np.ndarray | None = None) -> dict[str, float | None]:
+        """`METRICS` over `images` (indices into the ground truth's images, repeats allowed; default: all once).
+
+        A size class without ground-truth objects among `images` gets None (COCO's -1), not an AP.
+        """
+        if not self.evaluators:
+            return dict.fromkeys(METRICS, 0.0)
+        stats = {t: self.resampled(e, images).stats for t, e in self.evaluators.items()}
+        values = {k: float(stats[t][i]) for k, (t, i) in METRICS.items()}
+        return {k: v if v >= 0 else None for k, v in values.items()}
+
+    @staticmethod
+    def resampled(evaluator: COCOeval_faster, images: np.ndarray | None) -> COCOeval_faster:
+        """A copy of an evaluated `evaluator` accumulated and summarised over `images` only (all when None), and over
+        the object sizes only where `METRICS` read them (accumulating a size costs as much as all objects)."""
+        params, per_image = evaluator._paramsEval, evaluator._evalImgs_cpp  # per_image: [category][area][image]
+        n, n_areas = len(params.imgIds), len(params.areaRng)
+        images = np.arange(n) if images is None else np.asarray(images)
+        by_size = any(i >= 3 for t, i in METRICS.values() if t == params.iouType)  # stats 3-5: AP small/medium/large
+        areas = range(n_areas) if by_size else [params.areaRngLbl.index("all")]
+        resample = copy.copy(evaluator)
+        resample.params = resample._paramsEval = copy.copy(params)  # accumulate reads the one, summarize the other
+        resample.params.imgIds = [params.imgIds[i] for i in images]
+        resample.params.areaRng = [params.areaRng[a] for a in areas]
+        resample.params.areaRngLbl = [params.areaRngLbl[a] for a in areas]
+        blocks = [(k * n_areas + a) * n for k in range(len(per_image) // (n_areas * n)) for a in areas]
+        resample._evalImgs_cpp = [per_image[b + i] for b in blocks for i in images]
+        resample.accumulate()
+        resample.summarize()
+        return resample
+
+
+def scored_detections(dets: list[dict], max_dets: int = 100) -> list[dict]:
+    """The detections COCO evaluation scores: the `max_dets` highest-scoring of each image and category, in their order.
+
+    COCOeval keeps exactly these (a stable sort by score, then its largest maxDets); dropping the rest first spares
+    computing their boundaries, most of the evaluation's time at the validator's conf 0.001 and max_det 300.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(dets):
+        groups.setdefault((d["image_id"], d["category_id"]), []).append(i)
+    kept = [i for group in groups.values() for i in sorted(group, key=lambda i: -dets[i]["score"])[:max_dets]]
+    return [dets[i] for i in sorted(kept)]
+
+
 def coco_metrics(gt: dict, predictions: list[dict]) -> dict[str, float | None]:
     """`METRICS` of predictions (COCO results with RLE masks), matched to `gt` images by file name.
 
     A size class without ground-truth objects gets None (COCO's -1), not an AP.
     """
-    ids = {im["file_name"]: im["id"] for im in gt["images"]}
-    dets = [{**p, "image_id": ids[p["file_name"]]} for p in predictions if p["file_name"] in ids]
-    if not dets:
-        return dict.fromkeys(METRICS, 0.0)
-    coco = COCO(gt)
-    stats, log = {}, logging.getLogger(__name__).debug  # faster-coco-eval prints its summary through print_function
-    for iou_type in ("segm", "boundary"):
-        evaluator = COCOeval_faster(coco, coco.loadRes(dets), iou_type, print_function=log)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-        stats[iou_type] = evaluator.stats
-    values = {k: float(stats[t][i]) for k, (t, i) in METRICS.items()}
-    return {k: v if v >= 0 else None for k, v in values.items()}  # COCO's -1: no ground truth of that size
+    return COCOScores(gt, predictions).metrics()
+
+
+def coco_scores_from_file(gt: dict, file: Path) -> COCOScores:
+    """`COCOScores` of a validator's `predictions.json` (missing file: no predictions)."""
+    return COCOScores(gt, json.loads(file.read_text()) if file.is_file() else [])
 
 
 def coco_metrics_from_file(gt: dict, file: Path) -> dict[str, float | None]:
     """`coco_metrics` of a validator's `predictions.json` (missing file: no predictions)."""
-    return coco_metrics(gt, json.loads(file.read_text()) if file.is_file() else [])
+    return coco_scores_from_file(gt, file).metrics()

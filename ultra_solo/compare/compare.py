@@ -26,7 +26,8 @@ from ultra_solo.models.solov2.model import SOLO
 from ultra_solo.models.solov2.settings import SOLO_ARG_DEFAULTS
 
 from .args import SeedsError, check_same_args
-from .cocoeval import coco_metrics_from_file, ground_truth, with_coco_predictions
+from .bootstrap import paired_bootstrap
+from .cocoeval import COCOScores, coco_scores_from_file, ground_truth, with_coco_predictions
 from .pictures import write_predictions
 from .report import plot_curves, write_report, write_summary
 from .speed import TrainSpeed, inference_latency
@@ -119,19 +120,31 @@ def started_from(trainer) -> str:
     return f"checkpoint {checkpoint}" if checkpoint else "scratch"
 
 
-def evaluate(run: Run, model, val_args: dict, gt: dict | None) -> dict:
-    """Score a run's best.pt (`model`) with the shared validator settings; add size and training time."""
+def evaluate(run: Run, model, val_args: dict, gt: dict | None) -> tuple[dict, COCOScores | None]:
+    """Score a run's best.pt (`model`) with the shared validator settings; add size and training time. Returns the
+    summary row and, with a ground truth `gt`, the COCO evaluation it was read from (per image, for the bootstrap)."""
     validator = model._smart_load("validator")
     metrics = model.val(validator=with_coco_predictions(validator) if gt else validator, name=run.name, **val_args)
     seed = {} if run.seed is None else {"seed": run.seed}
     row = {"model": run.spec, **seed, "weights": run.weights(), **metrics.results_dict}
-    if gt:
-        row |= coco_metrics_from_file(gt, metrics.save_dir / "predictions.json")
+    scores = coco_scores_from_file(gt, metrics.save_dir / "predictions.json") if gt else None
+    if scores:
+        row |= scores.metrics()
     _, params, _, flops = model.info(imgsz=val_args["imgsz"])
     results = (run.dir / "results.csv").read_text().splitlines()
     hours = float(results[-1].split(",")[results[0].split(",").index("time")]) / 3600
     train_img_s = TrainSpeed.images_per_second(run.dir / "speed.json")
-    return {**row, "params_M": params / 1e6, "GFLOPs": flops, "train_img_s": train_img_s, "train_hours": hours}
+    return {**row, "params_M": params / 1e6, "GFLOPs": flops, "train_img_s": train_img_s, "train_hours": hours}, scores
+
+
+def image_intervals(runs: list[Run], scores: dict, resamples: int) -> dict[str, dict]:
+    """{run name: {metric: Interval}}: every run's COCO metric differences from the first model's run of the same seed,
+    with paired-bootstrap intervals over the validation images."""
+    intervals = {}
+    for seed in dict.fromkeys(run.seed for run in runs):
+        group = [run.name for run in runs if run.seed == seed]
+        intervals |= paired_bootstrap({name: scores[name] for name in group}, group[0], resamples)
+    return intervals
 
 
 def check_arguments(runs: list[Run], train_args: dict) -> dict:
@@ -179,6 +192,7 @@ def compare(
     latency_images: int = 16,
     picture_images: int = 4,
     seeds: str | int | list[int] | None = None,
+    bootstrap: int = 1000,
     **train_args,
 ) -> Path:
     """Train and compare models under identical settings; returns the folder with report.md and summary.csv.
@@ -196,6 +210,8 @@ def compare(
         seeds (str | int | list[int], optional): Train every model once per seed ('0,1,2'), each in its own run
             folder `<model>-seed<k>`; the report adds mean ± std over seeds and, for every model against the first,
             the per-seed paired difference with a 95 % t interval. Not together with `seed`.
+        bootstrap (int): Image resamples of the paired bootstrap that gives every COCO metric difference from the first
+            model (same seed) a 95 % interval over the validation images, even for one run per model (0: none).
         **train_args: Ultralytics training arguments shared by every model (epochs, imgsz, batch, seed, ...).
 
     Returns:
@@ -220,7 +236,8 @@ def compare(
     gt = ground_truth(val_set, data_dict["names"]) if cocoeval else None
     images = sorted(Path(f) for f in val_set.im_files)[:latency_images]
     loaded = {run.name: run.cls(run.best) for run in runs}
-    rows = [evaluate(run, loaded[run.name], val_args, gt) for run in runs]
+    rows, scores = zip(*(evaluate(run, loaded[run.name], val_args, gt) for run in runs))
+    intervals = image_intervals(runs, dict(zip([r.name for r in runs], scores)), bootstrap) if gt else {}
     first = {}  # model spec -> its first seed's run: latency and the picture, which the seed does not change
     for run in runs:
         first.setdefault(run.spec, run)
@@ -256,6 +273,10 @@ def compare(
             " 32^2-96^2, > 96^2 px in the original image; '-': no such objects), Boundary AP (Boundary IoU, dilation"
             " 2% of the image diagonal)"
         )
-    write_report(folder / "report.md", rows, shared, val_args, notes)
+    if intervals:
+        notes["bootstrap"] = f"{bootstrap} paired resamples of the {len(gt['images'])} validation images (see below)"
+    pairs = [(row, rows[seed_list.index(run.seed)], intervals[run.name]) for row, run in zip(rows, runs)
+             if run.name in intervals]  # fmt: skip
+    write_report(folder / "report.md", rows, shared, val_args, notes, pairs)
     LOGGER.info(f"compare: report written to {folder / 'report.md'}")
     return folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import platform
 from datetime import datetime
@@ -137,8 +138,38 @@ def seed_sections(rows: list[dict], imgsz: int) -> list[str]:
     return [*text, ""]
 
 
-def write_report(file: Path, rows: list[dict], train_args: dict, val_args: dict, notes: dict[str, str]) -> None:
-    """report.md: the table, how each column was measured, the machine, versions and every argument."""
+def bootstrap_sections(pairs: list[tuple[dict, dict, dict]], imgsz: int) -> list[str]:
+    """Markdown: for every (row, reference row, {metric: Interval}), the COCO metric differences from the reference on
+    the validation images with their paired-bootstrap intervals, in words."""
+    if not pairs:
+        return []
+    n = next(iter(pairs[0][2].values())).n if pairs[0][2] else 0
+    text = [
+        "## Differences over the validation images (paired bootstrap)",
+        "",
+        f"Each model against the first one (same seed), on the {n} validation images: the difference on all of them,"
+        " and the 2.5-97.5 percentiles of the difference when the images are drawn again with replacement (the same"
+        " draw for both models, faster-coco-eval's per-image matches accumulated again). An interval that excludes 0"
+        " says the difference does not depend on which of these images were drawn; it says nothing about training"
+        " noise (another seed can still change it: `seeds=`).",
+    ]
+    for row, ref, intervals in pairs:
+        seed = f" (seed {row['seed']})" if "seed" in row else ""
+        model, reference = row["model"], ref["model"]
+        header = f"| metric | {model} | {reference} | difference | 95 % interval | what it says |"
+        text += ["", f"### {model} minus {reference}{seed}", "", header, "|---|---|---|---|---|---|"]
+        for k, iv in intervals.items():
+            bounds = "-" if math.isnan(iv.low) else f"[{iv.low:+.4f}, {iv.high:+.4f}]"
+            cells = f"{fmt(k, row[k])} | {fmt(k, ref[k])} | {iv.mean:+.4f} | {bounds} | {iv.verdict(model, reference)}"
+            text.append(f"| {COLUMNS[k].format(imgsz=imgsz)} | {cells} |")
+    return [*text, ""]
+
+
+def write_report(
+    file: Path, rows: list[dict], train_args: dict, val_args: dict, notes: dict[str, str], pairs: list | None = None
+) -> None:
+    """report.md: the table, how each column was measured, the machine, versions and every argument; with `pairs`
+    (see `bootstrap_sections`) the bootstrap intervals of the differences."""
     env = environment(train_args.get("device"))
     text = [
         f"# Comparison: {', '.join(dict.fromkeys(r['model'] for r in rows))}",
@@ -148,6 +179,7 @@ def write_report(file: Path, rows: list[dict], train_args: dict, val_args: dict,
         *(f"- {k}: {v}" for k, v in notes.items()),
         "",
         *(seed_sections(rows, val_args["imgsz"]) if any("seed" in r for r in rows) else []),
+        *bootstrap_sections(pairs or [], val_args["imgsz"]),
         *(["![predictions](predictions.jpg)", "", PICTURE, ""] if (file.parent / "predictions.jpg").is_file() else []),
         "## Machine and versions",
         "",

@@ -11,19 +11,23 @@ from scipy import stats
 
 @dataclass(frozen=True)
 class Interval:
-    """A mean over n seeds with its `level` confidence interval (low, high); NaN bounds for fewer than 2 seeds."""
+    """A difference over n seeds (or images) with its `level` confidence interval (low, high); NaN bounds for fewer
+    than 2."""
 
     mean: float
     low: float
     high: float
     n: int
     level: float = 0.95
+    unit: str = "seed"
 
     def verdict(self, model: str, reference: str) -> str:
         """Say whether the interval shows a difference, in words a reader cannot misread."""
         pct = f"{self.level:.0%}"
-        if self.n < 2:
+        if self.n < 2 and self.unit == "seed":
             return f"no interval: {self.n} seed (give seeds=0,1,... to tell a difference from noise)"
+        if self.n < 2 or math.isnan(self.low):
+            return f"no interval: {self.n} {self.unit}(s) to resample"
         if self.low > 0:
             return f"{model} higher than {reference}: the {pct} interval lies above 0"
         if self.high < 0:
