@@ -128,7 +128,7 @@ def evaluate(run: Run, model, val_args: dict, gt: dict | None) -> tuple[dict, CO
     seed = {} if run.seed is None else {"seed": run.seed}
     row = {"model": run.spec, **seed, "weights": run.weights(), **metrics.results_dict}
     scores = coco_scores_from_file(gt, metrics.save_dir / "predictions.json") if gt else None
-    if scores:
+    if scores is not None:
         row |= scores.metrics()
     _, params, _, flops = model.info(imgsz=val_args["imgsz"])
     results = (run.dir / "results.csv").read_text().splitlines()
