@@ -2,6 +2,7 @@
 
 Each row times one choice on the inputs it was made for (medians; same process, same inputs, results checked equal):
 - `resample.above` (a comparison into the input's float dtype) vs `x > thr` into bool, and its cast to float;
+- `decode.intersections` (int8 matrix product with int32 sums) vs the float32 product of 0/1 masks;
 - `decode.take_rows` (one `index_select`) vs `gather` with an expanded index;
 - `resample.mask_boxes` (uint8 `amax`) vs `torchvision.ops.masks_to_boxes` (boolean reductions);
 - `pan_head.conv_with_coords` in inference mode (CoordConv channels' share cached per size) vs the conv over C + 2
@@ -21,7 +22,7 @@ from timing import median_ms
 from torchvision.ops import masks_to_boxes
 from ultralytics.nn.modules import Conv
 
-from ultra_solo.models.solov2.decode import take_rows
+from ultra_solo.models.solov2.decode import intersections, take_rows
 from ultra_solo.models.solov2.head import with_coords
 from ultra_solo.models.solov2.pan_head import conv_with_coords
 from ultra_solo.models.solov2.resample import above, mask_boxes
@@ -42,6 +43,17 @@ def comparisons(gen: torch.Generator) -> list[tuple]:
         ("x > 0.5 on 1x20x6400 floats", partial(above, x, 0.5), partial(torch.gt, x, 0.5)),
         ("(x > 0.5) as floats", partial(above, x, 0.5), lambda: (x > 0.5).float()),
     ]
+
+
+def overlaps(gen: torch.Generator) -> list[tuple]:
+    """`intersections` vs the float32 product, 500 candidates' 0/1 masks of 88 x 88 (validation at imgsz 352)."""
+    masks = (torch.rand(1, 500, 88 * 88, generator=gen) < 0.17).float()
+
+    def plain():
+        return masks @ masks.transpose(1, 2)
+
+    assert torch.equal(intersections(masks), plain())
+    return [("intersections of 500 masks 88x88", partial(intersections, masks), plain)]
 
 
 def rows(gen: torch.Generator) -> list[tuple]:
@@ -92,7 +104,7 @@ def main() -> None:
     gen, device = torch.Generator().manual_seed(0), torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} runs")
     print(f"{'operation':<52}{'ours us':>10}{'plain us':>10}{'ratio':>9}")
-    for name, ours, plain in comparisons(gen) + rows(gen) + boxes(gen) + coord_conv(gen):
+    for name, ours, plain in comparisons(gen) + overlaps(gen) + rows(gen) + boxes(gen) + coord_conv(gen):
         print(row(name, ours, plain, device, args))
 
 

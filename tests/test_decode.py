@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ultra_solo.models.solov2.decode import DecodeSettings, decode, detections, matrix_nms
+from ultra_solo.models.solov2.decode import DecodeSettings, decode, detections, intersections, matrix_nms
 from ultra_solo.models.solov2.head import point_nms
 from ultra_solo.models.solov2.layout import GridLayout
 
@@ -66,6 +66,17 @@ def test_matrix_nms_batched_equals_one_by_one():
     labels = torch.randint(0, 2, (3, 7), generator=g)
     batched = matrix_nms(masks, labels, masks.sum(2))
     assert torch.equal(batched, torch.stack([matrix_nms(m, lab, m.sum(1)) for m, lab in zip(masks, labels)]))
+
+
+def test_intersections_count_every_pair_exactly():
+    g = torch.Generator().manual_seed(2)
+    masks = (torch.rand(2, 37, 70_000, generator=g) > torch.rand(2, 37, 1, generator=g)).float()  # counts above 2**16
+    masks[0, 3] = 1  # a full mask: its counts are the other masks' areas
+    got = intersections(masks)
+    brute = torch.stack([torch.stack([(m * m[j]).sum(1) for j in range(len(m))], 1) for m in masks])
+    assert got.dtype == torch.float32 and torch.equal(got, brute)
+    assert torch.equal(got[0, 3], masks[0].sum(1)) and got.amax() > 2**16
+    assert intersections(masks[:, :0]).shape == (2, 0, 0)
 
 
 def test_point_nms_keeps_local_maxima():

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torchvision.ops import masks_to_boxes
 
-from ultra_solo.models.solov2.resample import mask_boxes, upsample_masks, upsample_probs, upsampled_mask_boxes
+from ultra_solo.models.solov2.resample import (
+    mask_boxes,
+    upsample_masks,
+    upsample_probs,
+    upsampled_mask_boxes,
+    upsampled_masks_and_boxes,
+)
 
 
 def test_mask_boxes_cover_whole_pixels():
@@ -48,15 +54,22 @@ def test_upsampled_masks_and_boxes_equal_upsampling_everything(where, size):
     expected = upsample_probs(probs, size) > 0.5
     assert torch.equal(upsample_masks(probs, size, 0.5), expected)
     assert torch.equal(upsampled_mask_boxes(probs, size, 0.5), mask_boxes(expected))
+    masks, boxes = upsampled_masks_and_boxes(probs, size, 0.5)
+    assert torch.equal(masks, expected) and torch.equal(boxes, mask_boxes(expected))
     assert upsample_masks(probs[:0], size, 0.5).shape == (0, *size)
     assert upsampled_mask_boxes(probs[:0], size, 0.5).shape == (0, 4)
+    masks, boxes = upsampled_masks_and_boxes(probs[:0], size, 0.5)
+    assert masks.shape == (0, *size) and boxes.shape == (0, 4)
 
 
 @pytest.mark.parametrize("size", [(80, 120), (40, 60)])
-def test_boxes_of_masks_with_windows_of_every_size_equal_upsampling_everything(size):
+def test_masks_and_boxes_with_windows_of_every_size_equal_upsampling_everything(size):
     gen = torch.Generator().manual_seed(1)
     probs = torch.rand(100, 20, 30, generator=gen) * 0.5  # 100 masks: several chunks of windows of different sizes
     for mask, (y, x, h, w) in zip(probs, torch.randint(0, 30, (100, 4), generator=gen).tolist()):
         mask[y % 20 : y % 20 + h % 20 + 1, x : x + w + 1] += 0.6  # a rectangle of its own size, clipped at the borders
     probs[::7] *= 0.5  # and masks with no probability above the threshold
-    assert torch.equal(upsampled_mask_boxes(probs, size, 0.5), mask_boxes(upsample_probs(probs, size) > 0.5))
+    expected = upsample_probs(probs, size) > 0.5
+    assert torch.equal(upsampled_mask_boxes(probs, size, 0.5), mask_boxes(expected))
+    masks, boxes = upsampled_masks_and_boxes(probs, size, 0.5)
+    assert torch.equal(masks, expected) and torch.equal(boxes, mask_boxes(expected))

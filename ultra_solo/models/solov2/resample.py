@@ -1,9 +1,12 @@
 """Mask resampling: mask probabilities at the mask-feature stride to thresholded masks and boxes at input resolution.
 
-SOLO's masks are bilinear upsamplings of probabilities (n, h, w) thresholded at `mask_thr`. Where the scale is one power
-of two for both sides (`windowable`), only the windows that hold pixels above the threshold are upsampled, with the very
-values and boxes of upsampling everything (tested bitwise). Boxes come from the masks' rows and columns (SOLO predicts
-no boxes).
+SOLO's masks are bilinear upsamplings of probabilities (n, h, w) thresholded at `mask_thr`. Where the scale is one
+power of two for both sides (`windowable`), only the windows that hold pixels above the threshold are upsampled, with
+the values and boxes of upsampling everything (tested bitwise on synthetic masks). Up to the last bit: PyTorch's kernel
+rounds a few outputs one unit differently where a crop moves them between its vectorised and scalar lanes, which can
+flip a pixel lying exactly at the threshold (one pixel of yolo11n-solo's 54,000 validation masks on package-seg-small,
+with the same metrics; `benchmarks/val_speed.py`). Boxes come from the masks' rows and columns (SOLO predicts no
+boxes).
 
 Shape shorthand in this module:
     n: masks; h, w: mask-feature height and width; H, W: the size masks are upsampled to
@@ -82,28 +85,63 @@ def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float,
     """`mask_boxes(upsample_masks(probs, size, thr))`, (n, 4), upsampling each mask's own window only (`windowable`).
 
     Validation boxes up to 300 masks per image, most of them small: their windows hold a few percent of the pixels.
-    Masks are taken in order of window area, `chunk` at a time (`window_boxes`).
     """
-    scale = windowable(probs, size)
-    if not scale:
+    if not windowable(probs, size):
         return mask_boxes(upsample_masks(probs, size, thr))
     boxes = probs.new_zeros((len(probs), 4))
+    for ids, up, origin in upsampled_windows(probs, size, thr, chunk):
+        box = boxes_above(up, thr)  # (m, 4) in the crops
+        boxes[ids] = (box + origin.flip(1).repeat(1, 2)) * (box[:, 2:3] > 0)  # empty once upsampled: zeros
+    return boxes
+
+
+def upsampled_masks_and_boxes(
+    probs: torch.Tensor, size: tuple[int, int], thr: float, chunk: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`upsample_masks(probs, size, thr)` (n, *size) and their `mask_boxes` (n, 4), each mask upsampled over its own
+    window only (`windowable`): validation with native-resolution masks upsamples up to 300 masks per image, whose
+    windows together cover a fraction of what one window over all of them does."""
+    if not windowable(probs, size):
+        masks = upsample_masks(probs, size, thr)
+        return masks, mask_boxes(masks)
+    masks = torch.zeros((len(probs), *size), dtype=torch.bool, device=probs.device)
+    boxes = probs.new_zeros((len(probs), 4))
+    for ids, up, origin in upsampled_windows(probs, size, thr, chunk):
+        crop = above(up, thr)  # (m, H_c, W_c) 0/1
+        box = extent_boxes(crop.amax(2), crop.amax(1))  # (m, 4) in the crops
+        boxes[ids] = (box + origin.flip(1).repeat(1, 2)) * (box[:, 2:3] > 0)
+        rows = origin[:, 0:1] + torch.arange(crop.shape[1], device=probs.device)  # (m, H_c)
+        cols = origin[:, 1:2] + torch.arange(crop.shape[2], device=probs.device)  # (m, W_c)
+        masks[ids[:, None, None], rows[:, :, None], cols[:, None, :]] = crop.bool()
+    return masks, boxes
+
+
+def upsampled_windows(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk: int):
+    """Yield the masks (n, h, w) that hold a probability above `thr`, `chunk` at a time in order of window area, each
+    upsampled to `size` over a crop holding its own window (`window_crops`; `size` must be `windowable`).
+
+    Yields:
+        (tuple): Indices (m,) of the masks, their upsampled crops (m, H_c, W_c), and the crops' origins (m, 2) as row
+            and column in `size`'s pixels.
+    """
+    scale = windowable(probs, size)
     windows, filled = feature_windows(probs, thr)
     index = filled.nonzero().view(-1)  # (m,) masks with a probability above thr
     extent = windows[index, 1::2] - windows[index, 0::2]  # (m, 2) window heights and widths
     index = index[extent.prod(1).argsort()]
     for i in range(0, len(index), chunk):
         ids = index[i : i + chunk]
-        boxes[ids] = window_boxes(probs[ids], windows[ids], scale, thr)
-    return boxes
+        yield ids, *window_crops(probs[ids], windows[ids], scale)
 
 
-def window_boxes(probs: torch.Tensor, windows: torch.Tensor, scale: int, thr: float) -> torch.Tensor:
-    """Boxes (n, 4) of masks (n, h, w) upsampled by `scale` (a power of two) and thresholded, from their `windows`.
+def window_crops(probs: torch.Tensor, windows: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks (n, h, w) upsampled by `scale` (a power of two) over same-size crops, each the largest window's size and
+    holding its mask's own window: a crop larger than the window, offset by whole pixels, gives the window's pixels the
+    values upsampling everything gives them (module docstring), and its other pixels stay at or below the threshold
+    (`windowable`).
 
-    One batched upsampling of same-size crops, each the largest window's size and holding its mask's own window: a crop
-    larger than the window, offset by whole pixels, gives the window's pixels the very values upsampling everything
-    gives them, and its other pixels stay at or below `thr` (`windowable`).
+    Returns:
+        (tuple): Upsampled crops (n, hc * scale, wc * scale) and their origins (n, 2), row and column, in output pixels.
     """
     h, w = probs.shape[1:]
     r0, r1, c0, c1 = windows.unbind(1)  # (n,) each
@@ -112,9 +150,7 @@ def window_boxes(probs: torch.Tensor, windows: torch.Tensor, scale: int, thr: fl
     rows = top[:, None] + torch.arange(hc, device=probs.device)  # (n, hc)
     cols = left[:, None] + torch.arange(wc, device=probs.device)  # (n, wc)
     crops = probs[torch.arange(len(probs), device=probs.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
-    box = boxes_above(upsample_probs(crops, (hc * scale, wc * scale)), thr)  # (n, 4) in the crops
-    origin = torch.stack((left, top, left, top), 1) * scale  # (n, 4)
-    return (box + origin) * (box[:, 2:3] > 0)  # empty once upsampled: zeros
+    return upsample_probs(crops, (hc * scale, wc * scale)), torch.stack((top, left), 1) * scale
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:

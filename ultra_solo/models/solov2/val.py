@@ -13,7 +13,7 @@ from ultra_solo.utils.labels import naming_non_polygon_rows
 
 from .decode import detections
 from .network import decode_settings, decoded_by_solo, solo_decoding
-from .resample import mask_boxes, upsample_masks, upsampled_mask_boxes
+from .resample import upsampled_mask_boxes, upsampled_masks_and_boxes
 from .settings import SOLO_ARG_DEFAULTS
 
 
@@ -76,8 +76,7 @@ class SOLOValidator(SegmentationValidator):
         for probs, conf, cls in detections(preds, self.decode, self.args.conf, self.args.max_det, agnostic=agnostic):
             size = [4 * x for x in probs.shape[1:]]  # input size: masks are at the mask-feature stride 4
             if self.native_masks:
-                masks = upsample_masks(probs, size, self.decode.mask_thr)  # (n, H, W)
-                boxes = mask_boxes(masks)
+                masks, boxes = upsampled_masks_and_boxes(probs, size, self.decode.mask_thr)  # (n, H, W), (n, 4)
             else:
                 masks = probs > self.decode.mask_thr  # (n, H/4, W/4)
                 boxes = upsampled_mask_boxes(probs, size, self.decode.mask_thr)  # boxes of the (n, H, W) masks
