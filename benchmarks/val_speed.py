@@ -47,11 +47,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="validations of every model per setting, in turns")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--save-json", choices=("both", "off", "on"), default="both", help="validate without, with, or both ways"
+    )
     args = parser.parse_args()
+    settings = {"both": (False, True), "off": (False,), "on": (True,)}[args.save_json]
     runs = {}  # (model, save_json) -> list of results
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
-            for save_json in (False, True):
+            for save_json in settings:
                 for spec in args.models:
                     runs.setdefault((spec, save_json), []).append(validate(spec, args, save_json, Path(tmp)))
     LOGGER.info(
@@ -59,7 +63,7 @@ def main() -> None:
     )
     print(f"{'model':<60}{'save_json':>10}{'val s':>8}{'x first':>9}{'infer ms':>10}{'post ms':>9}"
           f"{'mask mAP50-95':>15}{'mask mAP50':>12}{'box mAP50-95':>14}")  # fmt: skip
-    for save_json in (False, True):
+    for save_json in settings:
         ref = statistics.median(r["s"] for r in runs[(args.models[0], save_json)])
         for spec in args.models:
             rs = runs[(spec, save_json)]

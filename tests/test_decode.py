@@ -153,7 +153,7 @@ def brute_force_decode(scores, kernels, feats, settings, conf, max_det, agnostic
         probs = logits.sigmoid()
         mask = probs > settings.mask_thr
         if mask.sum() > strides[cell]:
-            found.append((float(scores[cell, cls] * probs[mask].mean()), cls, probs, mask))
+            found.append((float(scores[cell, cls] * probs[mask].mean() ** settings.maskness_power), cls, probs, mask))
     found = sorted(found, key=lambda f: -f[0])[: settings.nms_pre]
     if not found:
         return []
@@ -163,9 +163,11 @@ def brute_force_decode(scores, kernels, feats, settings, conf, max_det, agnostic
     return [f for f in kept if f[0] >= conf][:max_det]
 
 
-@pytest.mark.parametrize("agnostic, offsets", [(False, False), (True, False), (False, True)])
-def test_decode_matches_brute_force(agnostic, offsets):
-    settings = DecodeSettings(GridLayout((4, 2), (8, 16), offsets), nms_pre=60)
+@pytest.mark.parametrize(
+    "agnostic, offsets, power", [(False, False, 1), (True, False, 1), (False, True, 1), (False, False, 2)]
+)
+def test_decode_matches_brute_force(agnostic, offsets, power):
+    settings = DecodeSettings(GridLayout((4, 2), (8, 16), offsets), nms_pre=60, maskness_power=power)
     scores, kernels, feats = random_dense_outputs(3, torch.Generator().manual_seed(3))
     if offsets:  # two more kernel weights, mostly negative: masks fade with the distance from their cell
         kernels = torch.cat(

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ultra_solo.models.solov2.decode import detections
 from ultra_solo.models.solov2.head import flatten_levels, raw_outputs
 from ultra_solo.models.solov2.layout import GridLayout
-from ultra_solo.models.solov2.loss import dice_loss, mask_probs, pixel_bce, positive_mask_logits
+from ultra_solo.models.solov2.loss import dice_loss, mask_iou, mask_probs, pixel_bce, positive_mask_logits
 from ultra_solo.models.solov2.network import SOLOv2Model, decode_settings, solo_decoding
 
 
@@ -151,6 +151,36 @@ def test_finer_mask_loss_matches_its_definition(model, loss_stride):
     bce = torch.stack([F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), t) for p, t in zip(probs, targets)])
     expected = dice.mean() * crit.mask_weight + bce.mean() * 0.5
     assert gt.shape[1:] == size and crit(raw, b)[1]["mask_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_mask_iou_values():
+    probs = torch.zeros(3, 4, 4)
+    probs[0, :2, :2] = 0.9  # 4 px predicted, target 8 px containing them: 4 / 8
+    probs[1, :, :] = 0.5  # exactly at the threshold: nothing predicted, IoU 0
+    targets = torch.zeros(3, 4, 4)
+    targets[:2, :2, :] = 1
+    assert mask_iou(probs, targets, 0.5).tolist() == [0.5, 0.0, 0.0]  # the last: both empty
+
+
+def test_quality_targets_are_the_positive_masks_iou(model):
+    # cls_quality: the focal target of each positive cell is its mask's IoU with its ground truth, not 1.
+    from torchvision.ops import sigmoid_focal_loss
+
+    b = batch(2)
+    crit = model.init_criterion()
+    crit.cls_quality = True
+    raw = raw_outputs(model(b["img"]))
+    gt, cls, assigned = crit.targets(b, (32, 32))
+    pos = assigned >= 0
+    logits = positive_mask_logits(crit.layout, flatten_levels(raw["kernels"]), raw["mask_feats"], pos)
+    cls_logits = flatten_levels(raw["cls"])
+    targets = torch.zeros_like(cls_logits)
+    for (i, r), probs, k in zip(pos.nonzero().tolist(), logits.sigmoid(), assigned[pos].tolist()):
+        pred, truth = probs > crit.mask_thr, gt[k] > 0.5
+        targets[i, r, cls[k]] = (pred & truth).sum() / (pred | truth).sum()
+    assert 0 < targets.sum() < pos.sum()  # soft targets, neither 0 nor 1
+    focal = sigmoid_focal_loss(cls_logits, targets, crit.alpha, crit.gamma, reduction="sum") / (pos.sum() + 1)
+    assert crit(raw, b)[1]["cls_loss"].item() == pytest.approx(focal.item() * crit.cls_weight, rel=1e-5)
 
 
 def test_multi_scale_resizes_ground_truth_masks(model):

@@ -42,6 +42,13 @@ def mask_probs(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(probs[None], size, mode="bilinear", align_corners=False)[0]
 
 
+def mask_iou(probs: torch.Tensor, targets: torch.Tensor, thr: float) -> torch.Tensor:
+    """IoU (P,) of masks `probs > thr` (P, h, w) with binary targets (P, h, w); 0 where both are empty."""
+    pred, targets = probs.flatten(1) > thr, targets.flatten(1) > 0.5
+    inter = (pred & targets).sum(1)
+    return inter / ((pred | targets).sum(1)).clamp_min(1)
+
+
 def pixel_bce(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Mean binary cross-entropy per mask over its pixels, (P, h', w') probabilities and binary targets -> (P,)."""
     return F.binary_cross_entropy(probs.clamp(eps, 1 - eps), targets, reduction="none").flatten(1).mean(1)
@@ -89,6 +96,8 @@ class SOLOv2Loss:
         self.loss_stride = settings.loss_stride
         self.alpha = settings.focal_alpha
         self.gamma = settings.focal_gamma
+        self.cls_quality = settings.cls_quality
+        self.mask_thr = settings.mask_thr
         args = getattr(model, "args", {})
         args = args if isinstance(args, dict) else vars(args)
         self.overlap = args.get("overlap_mask", SOLO_ARG_DEFAULTS["overlap_mask"])
@@ -139,17 +148,20 @@ class SOLOv2Loss:
             pos = assigned >= 0  # (B, R)
             inst = assigned[pos]  # (P,)
 
+            quality = 1.0  # focal target of the positive cells
             if len(inst):
                 logits = positive_mask_logits(self.layout, kernels, mask_feats, pos)  # (P, h, w)
                 probs, targets = mask_probs(logits, loss_size), gt_masks[inst]  # (P, h', w')
                 mask_loss = dice_loss(probs, targets).mean() * self.mask_weight
                 if self.bce_weight:
                     mask_loss = mask_loss + pixel_bce(probs, targets).mean() * self.bce_weight
+                if self.cls_quality:
+                    quality = mask_iou(probs.detach(), targets, self.mask_thr)  # (P,)
             else:  # keep every parameter in the graph (DDP) with a zero mask loss
                 mask_loss = (kernels.sum() + mask_feats.sum()) * 0.0
 
             cls_targets = torch.zeros_like(cls_logits)
-            cls_targets[pos, gt_cls[inst]] = 1.0
+            cls_targets[pos, gt_cls[inst]] = quality
             cls_loss = sigmoid_focal_loss(cls_logits, cls_targets, self.alpha, self.gamma, reduction="sum")
             cls_loss = cls_loss / (len(inst) + 1) * self.cls_weight
         batch_size = mask_feats.shape[0]

@@ -32,8 +32,13 @@ class SOLOSettings:
         loss_stride (int): The mask loss compares masks at input / loss_stride: 4 is the mask features' own stride;
             2 or 1 upsample the mask probabilities bilinearly, as decoding does, and train on finer ground truth.
         focal_alpha, focal_gamma (float): Focal loss constants.
+        cls_quality (bool): The focal loss's target at a positive cell is its mask's IoU with the ground truth
+            (thresholded at `mask_thr`, at the loss size, not differentiated) instead of 1, so that category scores
+            rank the precise masks first (as YOLO's task-aligned targets do for its boxes).
         nms_pre (int): Candidates decoded per image.
         mask_thr (float): Mask probability threshold.
+        maskness_power (float): Decoding multiplies each candidate's score by its maskness (the mean probability over
+            its mask) to this power: 1 is SOLOv2's rescoring; a higher power ranks precise masks further up.
         kernel (str): Matrix NMS decay, 'gaussian' or 'linear'.
         sigma (float): Matrix NMS gaussian width.
         filter_thr (float): Predict's minimum score after Matrix NMS.
@@ -52,8 +57,10 @@ class SOLOSettings:
     loss_stride: int = 4
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    cls_quality: bool = False
     nms_pre: int = 500
     mask_thr: float = 0.5
+    maskness_power: float = 1.0
     kernel: str = "gaussian"
     sigma: float = 2.0
     filter_thr: float = 0.05
