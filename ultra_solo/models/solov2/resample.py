@@ -90,8 +90,7 @@ def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float,
         return mask_boxes(upsample_masks(probs, size, thr))
     boxes = probs.new_zeros((len(probs), 4))
     for ids, up, origin in upsampled_windows(probs, size, thr, chunk):
-        box = boxes_above(up, thr)  # (m, 4) in the crops
-        boxes[ids] = (box + origin.flip(1).repeat(1, 2)) * (box[:, 2:3] > 0)  # empty once upsampled: zeros
+        boxes[ids] = in_output(boxes_above(up, thr), origin)
     return boxes
 
 
@@ -108,12 +107,17 @@ def upsampled_masks_and_boxes(
     boxes = probs.new_zeros((len(probs), 4))
     for ids, up, origin in upsampled_windows(probs, size, thr, chunk):
         crop = above(up, thr)  # (m, H_c, W_c) 0/1
-        box = extent_boxes(crop.amax(2), crop.amax(1))  # (m, 4) in the crops
-        boxes[ids] = (box + origin.flip(1).repeat(1, 2)) * (box[:, 2:3] > 0)
+        boxes[ids] = in_output(extent_boxes(crop.amax(2), crop.amax(1)), origin)
         rows = origin[:, 0:1] + torch.arange(crop.shape[1], device=probs.device)  # (m, H_c)
         cols = origin[:, 1:2] + torch.arange(crop.shape[2], device=probs.device)  # (m, W_c)
         masks[ids[:, None, None], rows[:, :, None], cols[:, None, :]] = crop.bool()
     return masks, boxes
+
+
+def in_output(box: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+    """Boxes (m, 4) found in crops whose origins (m, 2) are row and column in output pixels, moved to the output; a
+    mask empty once upsampled keeps the zero box."""
+    return (box + origin.flip(1).repeat(1, 2)) * (box[:, 2:3] > 0)
 
 
 def upsampled_windows(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk: int):
