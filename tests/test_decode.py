@@ -101,7 +101,7 @@ def one_object_outputs():
 def test_decode_one_object():
     [(probs, conf, cls)] = detections(one_object_outputs(), SETTINGS, conf=0.1, max_det=10)
     assert cls.tolist() == [2]
-    assert conf[0] == pytest.approx(0.9, abs=1e-3)  # maskness ~1, no other mask to decay it
+    assert conf[0] == pytest.approx(0.9**SETTINGS.score_exponent, abs=1e-3)  # maskness ~1, no other mask to decay it
     assert ((probs[0] > 0.5) == (one_object_outputs()[2][0, 0] > 0)).all()
 
 
@@ -136,8 +136,9 @@ def brute_force_decode(scores, kernels, feats, settings, conf, max_det, agnostic
     """
     layout = settings.layout
     strides, e, (h, w) = layout.cell_strides(), feats.shape[0], feats.shape[1:]
+    exponent = math.log(0.25 * 0.8) / math.log(0.25 * 0.8**settings.maskness_power)  # SOLOv2's scale for conf
     found = []
-    for cell, cls in (scores > conf).nonzero().tolist():
+    for cell, cls in (scores**exponent > conf).nonzero().tolist():  # a final score is at most this
         logits = torch.einsum("e,ehw->hw", kernels[cell, :e], feats)
         if layout.offsets:
             level = next(
@@ -159,12 +160,21 @@ def brute_force_decode(scores, kernels, feats, settings, conf, max_det, agnostic
         return []
     labels = [0 if agnostic else f[1] for f in found]
     decay = brute_force_decay(torch.stack([f[3].flatten() for f in found]), labels, settings.kernel, settings.sigma)
-    kept = sorted(((s * float(d), c, p) for (s, c, p, _), d in zip(found, decay)), key=lambda f: -f[0])
+    kept = sorted(((float(s * d) ** exponent, c, p) for (s, c, p, _), d in zip(found, decay)), key=lambda f: -f[0])
     return [f for f in kept if f[0] >= conf][:max_det]
 
 
+@pytest.mark.parametrize("power", [1, 2, 6])
+def test_score_exponent_keeps_solov2s_scale_at_the_anchor(power):
+    # A candidate of category score 0.25 and maskness 0.8 scores SOLOv2's 0.25 x 0.8 whatever the power.
+    settings = DecodeSettings(GridLayout((4, 2), (8, 16), False), maskness_power=power)
+    assert (0.25 * 0.8**power) ** settings.score_exponent == pytest.approx(0.2)
+    assert power != 1 or settings.score_exponent == 1
+
+
 @pytest.mark.parametrize(
-    "agnostic, offsets, power", [(False, False, 1), (True, False, 1), (False, True, 1), (False, False, 2)]
+    "agnostic, offsets, power",
+    [(False, False, 1), (True, False, 1), (False, True, 1), (False, False, 2), (False, True, 6)],
 )
 def test_decode_matches_brute_force(agnostic, offsets, power):
     settings = DecodeSettings(GridLayout((4, 2), (8, 16), offsets), nms_pre=60, maskness_power=power)
@@ -219,11 +229,12 @@ def two_classes_one_mask():
 
 
 def test_class_filter_and_agnostic_nms():
+    e = SETTINGS.score_exponent  # final scores are SOLOv2's to this power
     [(_, conf, cls)] = detections(two_classes_one_mask(), SETTINGS, conf=0.1, max_det=10)
     assert cls.tolist() == [0, 1, 2]  # per-class Matrix NMS: a class does not suppress another
     [(_, conf, cls)] = detections(two_classes_one_mask(), SETTINGS, conf=0.1, max_det=10, agnostic=True)
-    assert cls.tolist() == [0, 2, 1] and conf[2] < 0.15  # class 1 duplicates class 0: decayed by exp(-2)
+    assert cls.tolist() == [0, 2, 1] and conf[2] < 0.15**e  # class 1 duplicates class 0: decayed by exp(-2)
     [(_, conf, cls)] = detections(two_classes_one_mask(), SETTINGS, conf=0.1, max_det=10, classes=[1, 2])
     assert cls.tolist() == [1, 2]  # filtered before Matrix NMS, as YOLO's NMS filters classes
-    [(_, conf, cls)] = detections(two_classes_one_mask(), SETTINGS, conf=0.1, max_det=10, min_score=0.75)
+    [(_, conf, cls)] = detections(two_classes_one_mask(), SETTINGS, conf=0.1, max_det=10, min_score=0.75**e)
     assert cls.tolist() == [0, 1]

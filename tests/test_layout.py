@@ -92,7 +92,7 @@ def test_loss_masks_are_decodes_masks_for_the_same_cells():
     for b, c in cells.items():
         pos[b, c] = True
     loss_logits = positive_mask_logits(layout, kernels, feats, pos)  # (P, h, w) in pos.nonzero() order
-    settings = DecodeSettings(layout, mask_thr=0.0)  # every pixel in every mask: no candidate dropped as small
+    settings = DecodeSettings(layout, mask_thr=0.0, maskness_power=1)  # every pixel in every mask, none dropped
     for b, c in cells.items():
         scores = torch.zeros(1, layout.num_cells, 3)
         scores[0, c, range(3)] = torch.tensor([0.9, 0.8, 0.7])  # one class per cell: no Matrix NMS decay

@@ -11,7 +11,16 @@ import torch.nn.functional as F
 from ultra_solo.models.solov2.decode import detections
 from ultra_solo.models.solov2.head import flatten_levels, raw_outputs
 from ultra_solo.models.solov2.layout import GridLayout
-from ultra_solo.models.solov2.loss import dice_loss, mask_iou, mask_probs, pixel_bce, positive_mask_logits
+from ultra_solo.models.solov2.loss import (
+    band_dice_loss,
+    band_radius,
+    boundary_band,
+    dice_loss,
+    mask_iou,
+    mask_probs,
+    pixel_bce,
+    positive_mask_logits,
+)
 from ultra_solo.models.solov2.network import SOLOv2Model, decode_settings, solo_decoding
 
 
@@ -125,6 +134,53 @@ def test_pixel_bce_values():
     assert pixel_bce(target, target).item() == pytest.approx(0.0, abs=1e-5)  # clamped, never log(0)
 
 
+def brute_force_band(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Pixel by pixel: 1 where the window of chessboard radius `radius` (clipped to the image) holds both values."""
+    h, w = mask.shape
+    band = torch.zeros_like(mask)
+    for y in range(h):
+        for x in range(w):
+            window = mask[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1]
+            band[y, x] = float(window.min() == 0 and window.max() == 1)
+    return band
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_boundary_band_of_a_square_and_a_corner_shape(radius):
+    square = torch.zeros(12, 12)
+    square[3:9, 4:10] = 1  # a 6 x 6 square
+    expected = torch.zeros(12, 12)
+    expected[3 - radius : 9 + radius, 4 - radius : 10 + radius] = 1  # dilated
+    expected[3 + radius : 9 - radius, 4 + radius : 10 - radius] = 0  # minus eroded
+    touching = torch.zeros(12, 12)
+    touching[:5, 7:] = 1  # touches the image's top and right edges: no band along them
+    touching[5:8, 10:] = 1
+    band = boundary_band(torch.stack([square, touching]), radius)
+    assert torch.equal(band[0], expected) and torch.equal(band[0], brute_force_band(square, radius))
+    assert torch.equal(band[1], brute_force_band(touching, radius)) and band[1][0, 11] == 0
+
+
+def test_band_radius_is_two_percent_of_the_diagonal():
+    assert band_radius((160, 160)) == 5  # 0.02 * 226.3 = 4.5 -> 5
+    assert band_radius((80, 80)) == 2 and band_radius((8, 8)) == 1  # at least one pixel
+
+
+def test_band_dice_is_dice_over_the_band_pixels():
+    torch.manual_seed(0)
+    targets = torch.zeros(2, 30, 30)
+    targets[0, 5:20, 8:25] = 1
+    targets[1, 10:28, 2:12] = 1
+    probs = torch.rand(2, 30, 30)
+    radius = band_radius((30, 30))  # 0.02 * 42.4 -> 1
+    expected = []
+    for p, t in zip(probs, targets):
+        inside = brute_force_band(t, radius).bool()
+        a, b = p[inside], t[inside]  # only the band's pixels
+        expected.append(1 - 2 * (a * b).sum() / ((a * a).sum() + (b * b).sum() + 2e-3))
+    assert torch.allclose(band_dice_loss(probs, targets), torch.stack(expected), atol=1e-6)
+    assert band_dice_loss(targets, targets).max().item() < 1e-3  # a perfect mask: no band loss
+
+
 def test_mask_probs_upsample_probabilities_with_half_pixel_centres():
     logits = torch.tensor([[[0.0, math.log(3.0)]]])  # (1, 1, 2): probabilities 0.5, 0.75
     up = mask_probs(logits, (2, 4))[0, 0]  # output pixel centres 0.25, 0.75, 1.25, 1.75 in input pixels
@@ -135,10 +191,10 @@ def test_mask_probs_upsample_probabilities_with_half_pixel_centres():
 @pytest.mark.parametrize("loss_stride", [1, 2])
 def test_finer_mask_loss_matches_its_definition(model, loss_stride):
     # The loss at input / loss_stride, by hand: the positives' logits at stride 4, their probabilities upsampled,
-    # ground truth at input / loss_stride, dice (and BCE) per positive.
+    # ground truth at input / loss_stride, dice (and BCE and the band dice) per positive.
     b = batch(2)
     crit = model.init_criterion()
-    crit.loss_stride, crit.bce_weight = loss_stride, 0.5
+    crit.loss_stride, crit.bce_weight, crit.band_weight = loss_stride, 0.5, 2.0
     raw = raw_outputs(model(b["img"]))  # training mode: the raw outputs
     size = (128 // loss_stride, 128 // loss_stride)
     gt, _, assigned = crit.targets(b, size)
@@ -149,7 +205,15 @@ def test_finer_mask_loss_matches_its_definition(model, loss_stride):
     targets = gt[assigned[pos]]
     dice = torch.stack([1 - 2 * (p * t).sum() / ((p * p).sum() + (t * t).sum() + 2e-3) for p, t in zip(probs, targets)])
     bce = torch.stack([F.binary_cross_entropy(p.clamp(1e-6, 1 - 1e-6), t) for p, t in zip(probs, targets)])
-    expected = dice.mean() * crit.mask_weight + bce.mean() * 0.5
+    radius = band_radius(size)
+    bands = boundary_band(targets, radius).bool()  # checked against brute force above
+    band = torch.stack(
+        [
+            1 - 2 * (p[m] * t[m]).sum() / ((p[m] ** 2).sum() + t[m].sum() + 2e-3)
+            for p, t, m in zip(probs, targets, bands)
+        ]
+    )
+    expected = dice.mean() * crit.mask_weight + bce.mean() * 0.5 + band.mean() * 2.0
     assert gt.shape[1:] == size and crit(raw, b)[1]["mask_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
 
 

@@ -1,10 +1,11 @@
 """SOLOv2 inference from the head's dense outputs: the one decode of the validator, the predictor and end2end graphs.
 
-Per image: score threshold (Ultralytics' `conf`) -> top `nms_pre` (cell, class) candidates -> dynamic 1x1 convolution
-(`GridLayout.mask_logits`) -> mask threshold -> drop masks no larger than their level's stride -> maskness rescoring ->
-Matrix NMS -> scores of at least `conf` (predict: max(conf, filter_thr)) -> `max_det`. The 2x2 point NMS runs in the
-head, so exported graphs include it. One function, `decode`, does this for a whole batch with fixed sizes: end2end
-graphs run it, and the Python postprocess runs it image by image with only the candidates above `conf`.
+Per image: category-score threshold (`DecodeSettings.candidate_conf` of Ultralytics' `conf`) -> top `nms_pre` (cell,
+class) candidates -> dynamic 1x1 convolution (`GridLayout.mask_logits`) -> mask threshold -> drop masks no larger than
+their level's stride -> maskness rescoring -> Matrix NMS -> back to SOLOv2's score scale (`score_exponent`) -> scores
+of at least `conf` (predict: max(conf, filter_thr)) -> `max_det`. The 2x2 point NMS runs in the head, so exported
+graphs include it. One function, `decode`, does this for a whole batch with fixed sizes: end2end
+graphs run it, and the Python postprocess runs it image by image with only the candidates above that threshold.
 
 Shape shorthand in this module:
     B: images; R: grid cells over all levels; nc: number of classes; E: mask-feature channels
@@ -14,6 +15,7 @@ Shape shorthand in this module:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +37,7 @@ class DecodeSettings:
     layout: GridLayout
     nms_pre: int = 500
     mask_thr: float = 0.5
-    maskness_power: float = 1.0
+    maskness_power: float = 6.0
     kernel: str = "gaussian"
     sigma: float = 2.0
     filter_thr: float = 0.05
@@ -48,6 +50,23 @@ class DecodeSettings:
             k: getattr(settings, k) for k in ("nms_pre", "mask_thr", "maskness_power", "kernel", "sigma", "filter_thr")
         }
         return cls(layout, end2end=settings.end2end is not None, **constants)
+
+    @property
+    def score_exponent(self) -> float:
+        """The power that puts scores rescored by `maskness_power` back on the scale of SOLOv2's (power 1), for `conf`.
+
+        Scores times maskness^p shrink with p (a maskness of 0.8 to the 6th is 0.26), so predict's conf 0.25 would cut
+        most true masks. Raising them to this power (monotone: the ranking, hence every AP, is unchanged) gives a
+        candidate of category score 0.25 and maskness 0.8 SOLOv2's score, 0.25 x 0.8; 1 at power 1.
+        """
+        anchor_score, anchor_maskness = 0.25, 0.8
+        solov2 = math.log(anchor_score * anchor_maskness)
+        return solov2 / (math.log(anchor_score) + self.maskness_power * math.log(anchor_maskness))
+
+    def candidate_conf(self, conf: float) -> float:
+        """The category score a candidate needs to end at `conf` or above: its final score is at most its category
+        score to `score_exponent` (maskness and decay are at most 1), so this threshold drops no detection."""
+        return conf if self.maskness_power == 1 else conf ** (1 / self.score_exponent)
 
 
 def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -140,9 +159,9 @@ def decode(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode a batch with fixed sizes: the one decode of the Python postprocess and of end2end graphs.
 
-    Each image's top K (cell, class) candidates go through every step; a candidate scored at most `conf`, or whose mask
-    is no larger than its level's stride, gets score 0, which sorts it below every kept candidate, so it changes no
-    other candidate's Matrix NMS decay. Scores below `conf` after Matrix NMS are 0 too.
+    Each image's top K (cell, class) candidates go through every step; a candidate scored at most `candidate_conf`, or
+    whose mask is no larger than its level's stride, gets score 0, which sorts it below every kept candidate, so it
+    changes no other candidate's Matrix NMS decay. Scores below `conf` after Matrix NMS are 0 too.
 
     Args:
         scores (torch.Tensor): (B, R, nc) category scores after point NMS.
@@ -170,7 +189,7 @@ def decode(
     probs = logits.sigmoid()
     masks = above(probs, settings.mask_thr)  # (B, K, h*w) 0/1
     area = masks.sum(2)  # (B, K)
-    kept = (score > conf) & (area > layout.cell_strides(scores.device, shape)[cell])
+    kept = (score > settings.candidate_conf(conf)) & (area > layout.cell_strides(scores.device, shape)[cell])
     score = torch.where(kept, rescored(score, probs, masks, area, settings.maskness_power), 0.0)
     inter = intersections(masks)  # (B, K, K) in candidate order
     score, order = score.sort(1, descending=True)
@@ -179,6 +198,8 @@ def decode(
     area, cls = area.gather(1, order), cls.gather(1, order)
     labels = torch.zeros_like(cls) if agnostic else cls  # one class for Matrix NMS: every mask decays every other
     score = score * overlap_decay(inter, labels, area, settings.kernel, settings.sigma)
+    if settings.maskness_power != 1:
+        score = score**settings.score_exponent
     score = torch.where(score >= conf, score, 0.0)
     score, top = score.topk(min(max_det, k))  # (B, D), indices into the sorted candidates
     unsorted = order.gather(1, top)  # (B, D) the same candidates before sorting, as `probs` holds them
@@ -220,7 +241,16 @@ def detections(
             scores = scores * keep
         decoded = []
         for s, ker, f in zip(scores, kernels, mask_feats):  # (R, nc), (R, C), (E, h, w) per image
-            image = decode(s[None], ker[None], f[None], settings, conf, max_det, int((s > conf).sum()), agnostic)
+            image = decode(
+                s[None],
+                ker[None],
+                f[None],
+                settings,
+                conf,
+                max_det,
+                int((s > settings.candidate_conf(conf)).sum()),
+                agnostic,
+            )
             decoded.append([t[0] for t in image])
     out = []
     for score, cls, probs in decoded:

@@ -54,6 +54,27 @@ def pixel_bce(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-6) -> 
     return F.binary_cross_entropy(probs.clamp(eps, 1 - eps), targets, reduction="none").flatten(1).mean(1)
 
 
+def boundary_band(masks: torch.Tensor, radius: int) -> torch.Tensor:
+    """The boundary band of binary masks (P, h, w): 1 where the (2 radius + 1)^2 window (inside the image) holds both
+    mask and background pixels, i.e. within `radius` pixels (chessboard distance) of the mask's edge; (P, h, w)."""
+    k = 2 * radius + 1
+    dilated = F.max_pool2d(masks[:, None], k, stride=1, padding=radius)[:, 0]
+    eroded = -F.max_pool2d(-masks[:, None], k, stride=1, padding=radius)[:, 0]
+    return dilated - eroded
+
+
+def band_radius(size: tuple[int, int], fraction: float = 0.02) -> int:
+    """Boundary IoU's band width, `fraction` of the diagonal of an h x w mask, in whole pixels (at least 1)."""
+    return max(1, round(fraction * (size[0] ** 2 + size[1] ** 2) ** 0.5))
+
+
+def band_dice_loss(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Dice loss (P,) over the ground truth's boundary band only (`boundary_band`, Boundary IoU's width at this size):
+    the pixels where a mask's edge is decided, which the dice over the whole mask hardly weighs."""
+    band = boundary_band(targets, band_radius(targets.shape[1:]))
+    return dice_loss(probs * band, targets * band)
+
+
 def positive_mask_logits(
     layout: GridLayout, kernels: torch.Tensor, mask_feats: torch.Tensor, pos: torch.Tensor
 ) -> torch.Tensor:
@@ -93,6 +114,7 @@ class SOLOv2Loss:
         self.cls_weight = settings.cls_weight
         self.mask_weight = settings.mask_weight
         self.bce_weight = settings.bce_weight
+        self.band_weight = settings.band_weight
         self.loss_stride = settings.loss_stride
         self.alpha = settings.focal_alpha
         self.gamma = settings.focal_gamma
@@ -155,6 +177,8 @@ class SOLOv2Loss:
                 mask_loss = dice_loss(probs, targets).mean() * self.mask_weight
                 if self.bce_weight:
                     mask_loss = mask_loss + pixel_bce(probs, targets).mean() * self.bce_weight
+                if self.band_weight:
+                    mask_loss = mask_loss + band_dice_loss(probs, targets).mean() * self.band_weight
                 if self.cls_quality:
                     quality = mask_iou(probs.detach(), targets, self.mask_thr)  # (P,)
             else:  # keep every parameter in the graph (DDP) with a zero mask loss

@@ -29,6 +29,8 @@ class SOLOSettings:
         pos_scale (float): Positive cells lie within pos_scale x (w/2, h/2) of the mask's centre of mass.
         cls_weight, mask_weight (float): Focal and dice loss weights.
         bce_weight (float): Weight of a per-pixel binary cross-entropy term on the positives' masks (0: dice only).
+        band_weight (float): Weight of a dice term over the ground truth's boundary band (Boundary IoU's: 2 % of the
+            loss masks' diagonal; 0: none).
         loss_stride (int): The mask loss compares masks at input / loss_stride: 4 is the mask features' own stride;
             2 or 1 upsample the mask probabilities bilinearly, as decoding does, and train on finer ground truth.
         focal_alpha, focal_gamma (float): Focal loss constants.
@@ -38,7 +40,9 @@ class SOLOSettings:
         nms_pre (int): Candidates decoded per image.
         mask_thr (float): Mask probability threshold.
         maskness_power (float): Decoding multiplies each candidate's score by its maskness (the mean probability over
-            its mask) to this power: 1 is SOLOv2's rescoring; a higher power ranks precise masks further up.
+            its mask) to this power: 1 is SOLOv2's rescoring; a higher power ranks precise masks further up (6: chosen
+            on held-out validation images, README "Ranking"). Final scores are then put back on SOLOv2's scale
+            (`decode.DecodeSettings.score_exponent`), so `conf` keeps its meaning.
         kernel (str): Matrix NMS decay, 'gaussian' or 'linear'.
         sigma (float): Matrix NMS gaussian width.
         filter_thr (float): Predict's minimum score after Matrix NMS.
@@ -54,13 +58,14 @@ class SOLOSettings:
     cls_weight: float = 1.0
     mask_weight: float = 3.0
     bce_weight: float = 0.0
+    band_weight: float = 0.0
     loss_stride: int = 4
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     cls_quality: bool = False
     nms_pre: int = 500
     mask_thr: float = 0.5
-    maskness_power: float = 1.0
+    maskness_power: float = 6.0
     kernel: str = "gaussian"
     sigma: float = 2.0
     filter_thr: float = 0.05
