@@ -177,8 +177,9 @@ def test_band_dice_is_dice_over_the_band_pixels():
         inside = brute_force_band(t, radius).bool()
         a, b = p[inside], t[inside]  # only the band's pixels
         expected.append(1 - 2 * (a * b).sum() / ((a * a).sum() + (b * b).sum() + 2e-3))
-    assert torch.allclose(band_dice_loss(probs, targets), torch.stack(expected), atol=1e-6)
-    assert band_dice_loss(targets, targets).max().item() < 1e-3  # a perfect mask: no band loss
+    band = boundary_band(targets, radius)
+    assert torch.allclose(band_dice_loss(probs, targets, band), torch.stack(expected), atol=1e-6)
+    assert band_dice_loss(targets, targets, band).max().item() < 1e-3  # a perfect mask: no band loss
 
 
 def test_mask_probs_upsample_probabilities_with_half_pixel_centres():

@@ -59,6 +59,8 @@ class DecodeSettings:
         most true masks. Raising them to this power (monotone: the ranking, hence every AP, is unchanged) gives a
         candidate of category score 0.25 and maskness 0.8 SOLOv2's score, 0.25 x 0.8; 1 at power 1.
         """
+        if self.maskness_power == 1:
+            return 1.0
         anchor_score, anchor_maskness = 0.25, 0.8
         solov2 = math.log(anchor_score * anchor_maskness)
         return solov2 / (math.log(anchor_score) + self.maskness_power * math.log(anchor_maskness))
@@ -66,7 +68,7 @@ class DecodeSettings:
     def candidate_conf(self, conf: float) -> float:
         """The category score a candidate needs to end at `conf` or above: its final score is at most its category
         score to `score_exponent` (maskness and decay are at most 1), so this threshold drops no detection."""
-        return conf if self.maskness_power == 1 else conf ** (1 / self.score_exponent)
+        return conf ** (1 / self.score_exponent)
 
 
 def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -239,18 +241,10 @@ def detections(
             keep = torch.zeros(scores.shape[-1], device=scores.device)
             keep[[c for c in classes if c < len(keep)]] = 1
             scores = scores * keep
-        decoded = []
+        decoded, candidate_conf = [], settings.candidate_conf(conf)
         for s, ker, f in zip(scores, kernels, mask_feats):  # (R, nc), (R, C), (E, h, w) per image
-            image = decode(
-                s[None],
-                ker[None],
-                f[None],
-                settings,
-                conf,
-                max_det,
-                int((s > settings.candidate_conf(conf)).sum()),
-                agnostic,
-            )
+            k = int((s > candidate_conf).sum())
+            image = decode(s[None], ker[None], f[None], settings, conf, max_det, k, agnostic)
             decoded.append([t[0] for t in image])
     out = []
     for score, cls, probs in decoded:

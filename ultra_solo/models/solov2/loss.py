@@ -68,10 +68,9 @@ def band_radius(size: tuple[int, int], fraction: float = 0.02) -> int:
     return max(1, round(fraction * (size[0] ** 2 + size[1] ** 2) ** 0.5))
 
 
-def band_dice_loss(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Dice loss (P,) over the ground truth's boundary band only (`boundary_band`, Boundary IoU's width at this size):
-    the pixels where a mask's edge is decided, which the dice over the whole mask hardly weighs."""
-    band = boundary_band(targets, band_radius(targets.shape[1:]))
+def band_dice_loss(probs: torch.Tensor, targets: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    """Dice loss (P,) over the ground truth's boundary band (P, h, w) only (`boundary_band`): the pixels where a mask's
+    edge is decided, which the dice over the whole mask hardly weighs."""
     return dice_loss(probs * band, targets * band)
 
 
@@ -178,7 +177,8 @@ class SOLOv2Loss:
                 if self.bce_weight:
                     mask_loss = mask_loss + pixel_bce(probs, targets).mean() * self.bce_weight
                 if self.band_weight:
-                    mask_loss = mask_loss + band_dice_loss(probs, targets).mean() * self.band_weight
+                    bands = boundary_band(gt_masks, band_radius(loss_size))[inst]  # once per instance, (P, h', w')
+                    mask_loss = mask_loss + band_dice_loss(probs, targets, bands).mean() * self.band_weight
                 if self.cls_quality:
                     quality = mask_iou(probs.detach(), targets, self.mask_thr)  # (P,)
             else:  # keep every parameter in the graph (DDP) with a zero mask loss
