@@ -215,6 +215,21 @@ def test_graph_decode_matches_python_path(nms_pre, max_det):
         assert torch.equal(k1, k2) and torch.allclose(c1, c2, atol=1e-6) and torch.allclose(p1, p2, atol=1e-6)
 
 
+def test_compact_decode_carries_only_candidates_that_can_reach_conf():
+    """The Python path's Matrix NMS runs over the candidates whose rescored score can still reach conf: fewer slots,
+    the same detections as the fixed-size decode, whose extra slots are all empty."""
+    settings = DecodeSettings(LAYOUT, nms_pre=60)
+    dense = random_dense_outputs(1, torch.Generator().manual_seed(5))
+    full = decode(*dense, settings, conf=0.3, max_det=100)
+    compact = decode(*dense, settings, conf=0.3, max_det=100, compact=True)
+    n, found = compact[0].shape[1], int((full[0] > 0).sum())  # slots; detections, first in both
+    assert 0 < found <= n < full[0].shape[1]
+    assert not full[0][:, found:].any() and not compact[0][:, found:].any()
+    torch.testing.assert_close(compact[0], full[0][:, :n])
+    assert torch.equal(compact[1][:, :found], full[1][:, :found])
+    assert torch.equal(compact[2][:, :found], full[2][:, :found])
+
+
 def two_classes_one_mask():
     """Cells 0 and 1 predict the same mask, as class 0 (0.9) and class 1 (0.8); cell 2 predicts class 2 elsewhere."""
     scores = torch.zeros(1, 20, 3)

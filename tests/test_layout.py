@@ -73,10 +73,14 @@ def test_mask_logits_match_brute_force():
         assert layout.level_sizes((24, 40)) == [8, 2]
         kernels = torch.randn(2, 10, layout.kernel_channels(e), generator=gen)
         cells = torch.tensor([[0, 5, 9], [8, 3, 7]])
-        got = layout.mask_logits(torch.stack([k[c] for k, c in zip(kernels, cells)]), feats, cells)
-        for b in range(2):
-            for i, c in enumerate(cells[b].tolist()):
-                torch.testing.assert_close(got[b, i], brute_force_logit(layout, kernels[b, c], feats[b], c))
+        for grad in (False, True):  # inference adds the offset terms in place; under autograd it may not
+            picked = torch.stack([k[c] for k, c in zip(kernels, cells)]).requires_grad_(grad)
+            got = layout.mask_logits(picked, feats, cells)
+            assert got.requires_grad == grad
+            for b in range(2):
+                for i, c in enumerate(cells[b].tolist()):
+                    expected = brute_force_logit(layout, kernels[b, c], feats[b], c)
+                    torch.testing.assert_close(got[b, i].detach(), expected)
 
 
 def test_loss_masks_are_decodes_masks_for_the_same_cells():

@@ -2,10 +2,11 @@
 
 Per image: category-score threshold (`DecodeSettings.candidate_conf` of Ultralytics' `conf`) -> top `nms_pre` (cell,
 class) candidates -> dynamic 1x1 convolution (`GridLayout.mask_logits`) -> mask threshold -> drop masks no larger than
-their level's stride -> maskness rescoring -> Matrix NMS -> back to SOLOv2's score scale (`score_exponent`) -> scores
-of at least `conf` (predict: max(conf, filter_thr)) -> `max_det`. The 2x2 point NMS runs in the head, so exported
-graphs include it. One function, `decode`, does this for a whole batch with fixed sizes: end2end
-graphs run it, and the Python postprocess runs it image by image with only the candidates above that threshold.
+their level's stride -> maskness rescoring -> drop rescored scores that can no longer reach `conf` -> Matrix NMS ->
+back to SOLOv2's score scale (`score_exponent`) -> scores of at least `conf` (predict: max(conf, filter_thr)) ->
+`max_det`. The 2x2 point NMS runs in the head, so exported graphs include it. One function, `decode`, does this for a
+whole batch: end2end graphs run it with fixed sizes, and the Python postprocess runs it image by image with only the
+candidates above that threshold and Matrix NMS over only the rescored candidates left.
 
 Shape shorthand in this module:
     B: images; R: grid cells over all levels; nc: number of classes; E: mask-feature channels
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import GridLayout, input_shape
+from .layout import GridLayout, eager_inference, input_shape
 from .resample import above
 from .settings import SOLOSettings
 
@@ -117,6 +118,19 @@ def intersections(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch._int_mm(x, x.T) for x in m]).float()
 
 
+def sorted_intersections(masks: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Pairwise intersections (B, n, n) of the masks (B, K, P) that `order` (B, n) picks, in that order.
+
+    When it picks at most half of them their rows are taken first; otherwise all K x K intersections are computed and
+    their rows and columns picked (n x n values, not n masks).
+    """
+    if 2 * order.shape[1] <= masks.shape[1]:
+        return intersections(take_rows(masks, order))
+    inter = intersections(masks)  # (B, K, K)
+    rows = inter.gather(1, order[..., None].expand(-1, -1, inter.shape[2]))  # (B, n, K)
+    return rows.gather(2, order[:, None].expand(-1, order.shape[1], -1))
+
+
 def overlap_decay(inter: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, kernel="gaussian", sigma=2.0):
     """`matrix_nms` from the masks' pairwise intersections (..., n, n) (pixel counts), masks sorted by descending score.
 
@@ -158,12 +172,15 @@ def decode(
     max_det: int,
     k: int | None = None,
     agnostic: bool = False,
+    compact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode a batch with fixed sizes: the one decode of the Python postprocess and of end2end graphs.
+    """Decode a batch: the one decode of the Python postprocess and (with fixed sizes) of end2end graphs.
 
-    Each image's top K (cell, class) candidates go through every step; a candidate scored at most `candidate_conf`, or
-    whose mask is no larger than its level's stride, gets score 0, which sorts it below every kept candidate, so it
-    changes no other candidate's Matrix NMS decay. Scores below `conf` after Matrix NMS are 0 too.
+    Each image's top K (cell, class) candidates are rescored; a candidate scored at most `candidate_conf`, whose mask
+    is no larger than its level's stride, or whose rescored score is below `candidate_conf` (its final score, at most
+    that to `score_exponent`, cannot reach `conf`), gets score 0, which sorts it below every kept candidate, so it
+    changes no other candidate's Matrix NMS decay (which only higher-scored masks set). Scores below `conf` after
+    Matrix NMS are 0 too.
 
     Args:
         scores (torch.Tensor): (B, R, nc) category scores after point NMS.
@@ -173,41 +190,58 @@ def decode(
         conf (float): Score threshold for candidates and for final detections.
         max_det (int): Maximum detections.
         k (int, optional): Candidates per image, K, at most `nms_pre` (the default, used by graphs). The Python path
-            passes the number of scores above `conf`, which gives the same detections with less work.
+            passes the number of scores above `candidate_conf`, which gives the same detections with less work.
         agnostic (bool): Matrix NMS across classes (Ultralytics' `agnostic_nms`, `single_cls`).
+        compact (bool): Drop the candidates scored 0 before Matrix NMS instead of carrying them (sizes then depend on
+            the data, so graphs keep False): the same detections, with Matrix NMS over n <= K masks.
 
     Returns:
         (tuple): Scores (B, D) in descending order (0 marks an empty slot), classes (B, D) and mask probabilities
-            (B, D, h, w), D = min(max_det, K).
+            (B, D, h, w), D = min(max_det, K) (compact: at most the candidates left).
     """
-    scores, kernels, mask_feats = scores.float(), kernels.float(), mask_feats.float()
-    nc = scores.shape[2]
-    k = min(settings.nms_pre, scores.shape[1] * nc, settings.nms_pre if k is None else k)
-    score, index = scores.flatten(1).topk(k)  # (B, K)
-    cell, cls = index // nc, index % nc
-    layout = settings.layout
-    shape = layout.grid_input(input_shape(mask_feats), scores.shape[1])
-    logits = layout.mask_logits(take_rows(kernels, cell), mask_feats, cell, shape).flatten(2)  # (B, K, h*w)
-    probs = logits.sigmoid()
-    masks = above(probs, settings.mask_thr)  # (B, K, h*w) 0/1
-    area = masks.sum(2)  # (B, K)
-    kept = (score > settings.candidate_conf(conf)) & (area > layout.cell_strides(scores.device, shape)[cell])
-    score = torch.where(kept, rescored(score, probs, masks, area, settings.maskness_power), 0.0)
-    inter = intersections(masks)  # (B, K, K) in candidate order
-    score, order = score.sort(1, descending=True)
-    rows = inter.gather(1, order[..., None].expand_as(inter))
-    inter = rows.gather(2, order[:, None].expand_as(inter))  # (B, K, K) in score order
+    k = min(settings.nms_pre, scores.shape[1] * scores.shape[2], settings.nms_pre if k is None else k)
+    score, cls, probs, masks, area = candidates(scores.float(), kernels.float(), mask_feats.float(), settings, conf, k)
+    if compact:  # only the candidates left go on: (B, n), n <= K
+        score, order = score.topk(int((score > 0).sum(1).max()))
+    else:
+        score, order = score.sort(1, descending=True)
+    inter = sorted_intersections(masks, order)  # (B, n, n) in score order
     area, cls = area.gather(1, order), cls.gather(1, order)
     labels = torch.zeros_like(cls) if agnostic else cls  # one class for Matrix NMS: every mask decays every other
     score = score * overlap_decay(inter, labels, area, settings.kernel, settings.sigma)
     if settings.maskness_power != 1:
         score = score**settings.score_exponent
     score = torch.where(score >= conf, score, 0.0)
-    score, top = score.topk(min(max_det, k))  # (B, D), indices into the sorted candidates
+    score, top = score.topk(min(max_det, score.shape[1]))  # (B, D), indices into the sorted candidates
     unsorted = order.gather(1, top)  # (B, D) the same candidates before sorting, as `probs` holds them
     probs = take_rows(probs, unsorted)  # (B, D, h*w)
     probs = probs.view(probs.shape[0], probs.shape[1], mask_feats.shape[2], mask_feats.shape[3])  # dynamic in graphs
     return score, cls.gather(1, top), probs
+
+
+def candidates(
+    scores: torch.Tensor, kernels: torch.Tensor, mask_feats: torch.Tensor, settings: DecodeSettings, conf: float, k: int
+) -> tuple[torch.Tensor, ...]:
+    """The top `k` (cell, class) candidates of every image with their masks, rescored (`decode`'s first steps).
+
+    Returns:
+        (tuple): Rescored scores (B, K), 0 for the candidates `decode` drops; classes (B, K); mask probabilities and
+            0/1 masks (B, K, h*w); mask areas (B, K).
+    """
+    nc = scores.shape[2]
+    score, index = scores.flatten(1).topk(k)  # (B, K)
+    cell, cls = index // nc, index % nc
+    layout = settings.layout
+    shape = layout.grid_input(input_shape(mask_feats), scores.shape[1])
+    logits = layout.mask_logits(take_rows(kernels, cell), mask_feats, cell, shape).flatten(2)  # (B, K, h*w)
+    probs = logits.sigmoid_() if eager_inference(logits) else logits.sigmoid()
+    masks = above(probs, settings.mask_thr)  # (B, K, h*w) 0/1
+    area = masks.sum(2)  # (B, K)
+    need = settings.candidate_conf(conf)
+    kept = (score > need) & (area > layout.cell_strides(scores.device, shape)[cell])
+    score = rescored(score, probs, masks, area, settings.maskness_power)
+    kept &= score >= need * (1 - 1e-6)  # margin: float rounding of conf ** (1 / exponent) ** exponent
+    return torch.where(kept, score, 0.0), cls, probs, masks, area
 
 
 def detections(
@@ -244,7 +278,7 @@ def detections(
         decoded, candidate_conf = [], settings.candidate_conf(conf)
         for s, ker, f in zip(scores, kernels, mask_feats):  # (R, nc), (R, C), (E, h, w) per image
             k = int((s > candidate_conf).sum())
-            image = decode(s[None], ker[None], f[None], settings, conf, max_det, k, agnostic)
+            image = decode(s[None], ker[None], f[None], settings, conf, max_det, k, agnostic, compact=True)
             decoded.append([t[0] for t in image])
     out = []
     for score, cls, probs in decoded:

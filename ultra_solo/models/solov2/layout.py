@@ -140,10 +140,17 @@ class GridLayout:
         if not self.offsets:
             return logits
         geometry = self.cell_geometry(kernels.device, shape or input_shape(mask_feats))
-        return add_cell_offsets(logits, kernels[..., e:], geometry[cells])
+        return add_cell_offsets(logits, kernels[..., e:], geometry[cells], inplace=eager_inference(logits))
 
 
-def add_cell_offsets(logits: torch.Tensor, weights: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
+def eager_inference(x: torch.Tensor) -> bool:
+    """Whether `x` may be overwritten in place: no autograd records it and no graph is being traced or compiled."""
+    return not (x.requires_grad or torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def add_cell_offsets(
+    logits: torch.Tensor, weights: torch.Tensor, geometry: torch.Tensor, inplace: bool = False
+) -> torch.Tensor:
     """Mask logits (..., h, w) plus their cell-offset terms a * |x - cx| * S_w + b * |y - cy| * S_h (module docstring).
 
     The x and y terms are added one after the other: each broadcasts a row or a column, with no (..., h, w) tensor of
@@ -153,6 +160,8 @@ def add_cell_offsets(logits: torch.Tensor, weights: torch.Tensor, geometry: torc
         logits (torch.Tensor): (..., h, w) mask logits of the dynamic convolution.
         weights (torch.Tensor): (..., 2) weights (a, b).
         geometry (torch.Tensor): (..., 4) the cells' `GridLayout.cell_geometry`.
+        inplace (bool): Add the terms into `logits` itself (inference: two passes over it and no new (..., h, w)
+            tensors, the same values).
 
     Returns:
         (torch.Tensor): (..., h, w) logits.
@@ -162,7 +171,10 @@ def add_cell_offsets(logits: torch.Tensor, weights: torch.Tensor, geometry: torc
     ys = (torch.arange(h, device=weights.device, dtype=weights.dtype) + 0.5) / h  # (h,)
     dx = (xs - geometry[..., 0:1]).abs() * geometry[..., 2:3]  # (..., w) distance in cells
     dy = (ys - geometry[..., 1:2]).abs() * geometry[..., 3:4]  # (..., h)
-    return logits + (weights[..., 0:1] * dx)[..., None, :] + (weights[..., 1:2] * dy)[..., :, None]
+    x_terms, y_terms = (weights[..., 0:1] * dx)[..., None, :], (weights[..., 1:2] * dy)[..., :, None]
+    if inplace:
+        return logits.add_(x_terms).add_(y_terms)
+    return logits + x_terms + y_terms
 
 
 @lru_cache(maxsize=64)
