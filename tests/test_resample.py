@@ -7,6 +7,7 @@ import torch
 from torchvision.ops import masks_to_boxes
 
 from ultra_solo.models.solov2.resample import (
+    edge_boxes,
     mask_boxes,
     upsample_masks,
     upsample_probs,
@@ -73,3 +74,38 @@ def test_masks_and_boxes_with_windows_of_every_size_equal_upsampling_everything(
     assert torch.equal(upsampled_mask_boxes(probs, size, 0.5), mask_boxes(expected))
     masks, boxes = upsampled_masks_and_boxes(probs, size, 0.5)
     assert torch.equal(masks, expected) and torch.equal(boxes, mask_boxes(expected))
+
+
+def blob_probs(n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+    """Mask probabilities (n, h, w): a noisy disc per mask of random centre, radius and edge sharpness, some touching
+    the borders, some tiny, some with no probability above 0.5."""
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    cy, cx = torch.rand(n, 1, 1, generator=gen) * h, torch.rand(n, 1, 1, generator=gen) * w
+    radius = torch.rand(n, 1, 1, generator=gen) * h / 2 + 0.5
+    inside = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+    x = torch.where(inside, 0.45 + 0.5 * torch.rand(n, h, w, generator=gen), 0.5 * torch.rand(n, h, w, generator=gen))
+    return torch.sigmoid((x - 0.5) * 20 * torch.rand(n, 1, 1, generator=gen))
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_edge_boxes_equal_upsampling_everything_where_sure(scale):
+    gen = torch.Generator().manual_seed(scale)
+    for h, w in [(7, 5), (16, 24), (29, 11)]:
+        probs = blob_probs(200, h, w, gen)
+        expected = mask_boxes(upsample_probs(probs, (scale * h, scale * w)) > 0.5)
+        boxes, sure = edge_boxes(probs, scale, 0.5)
+        assert torch.equal(boxes[sure], expected[sure])
+        assert sure.float().mean() > 0.9  # edges decided off a few rows are the rule, upsampling the exception
+        assert torch.equal(upsampled_mask_boxes(probs, (scale * h, scale * w), 0.5), expected)
+
+
+def test_edge_boxes_leave_weak_edges_to_upsampling():
+    probs = torch.zeros(3, 6, 6)
+    probs[0, 2, 2] = 0.51  # above the threshold, but every upsampled value is below it: empty
+    probs[1, 1:5, 1:5] = 0.9  # a square: a sure box
+    probs[2, 1:5, 1:5] = 0.5 + 1e-6  # a square at the threshold: rounding decides its edges, not sure
+    boxes, sure = edge_boxes(probs, 4, 0.5)
+    assert sure.tolist() == [False, True, False]
+    expected = mask_boxes(upsample_probs(probs, (24, 24)) > 0.5)
+    assert torch.equal(boxes[1], expected[1]) and expected[0].tolist() == [0, 0, 0, 0]
+    assert torch.equal(upsampled_mask_boxes(probs, (24, 24), 0.5), expected)

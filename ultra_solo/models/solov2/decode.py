@@ -240,7 +240,7 @@ def candidates(
     need = settings.candidate_conf(conf)
     kept = (score > need) & (area > layout.cell_strides(scores.device, shape)[cell])
     score = rescored(score, probs, masks, area, settings.maskness_power)
-    kept &= score >= need * (1 - 1e-6)  # margin: float rounding of conf ** (1 / exponent) ** exponent
+    kept = kept & (score >= need * (1 - 1e-6))  # margin: float rounding of conf ** (1 / exponent) ** exponent
     return torch.where(kept, score, 0.0), cls, probs, masks, area
 
 

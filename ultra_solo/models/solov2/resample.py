@@ -82,16 +82,66 @@ def upsample_masks(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk
 
 
 def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk: int = 32) -> torch.Tensor:
-    """`mask_boxes(upsample_masks(probs, size, thr))`, (n, 4), upsampling each mask's own window only (`windowable`).
+    """`mask_boxes(upsample_masks(probs, size, thr))`, (n, 4), without upsampling whole masks where `windowable`.
 
-    Validation boxes up to 300 masks per image, most of them small: their windows hold a few percent of the pixels.
+    Validation boxes up to 300 masks per image. Each box is read off the few output rows and columns around its mask's
+    edges (`edge_boxes`); the masks whose edges that leaves undecided are upsampled over their own windows.
     """
-    if not windowable(probs, size):
+    scale = windowable(probs, size)
+    if not scale:
         return mask_boxes(upsample_masks(probs, size, thr))
-    boxes = probs.new_zeros((len(probs), 4))
-    for ids, up, origin in upsampled_windows(probs, size, thr, chunk):
-        boxes[ids] = in_output(boxes_above(up, thr), origin)
+    boxes, sure = edge_boxes(probs, scale, thr)
+    unsure = (~sure).nonzero().view(-1)
+    if len(unsure):
+        rest = probs.new_zeros((len(unsure), 4))
+        for ids, up, origin in upsampled_windows(probs[unsure], size, thr, chunk):
+            rest[ids] = in_output(boxes_above(up, thr), origin)
+        boxes[unsure] = rest
     return boxes
+
+
+def edge_boxes(probs: torch.Tensor, scale: int, thr: float, margin: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes (n, 4) of masks (n, h, w) upsampled bilinearly by `scale` (a power of two) and thresholded at `thr`, from
+    the output rows and columns next to each mask's first and last rows and columns above `thr`, and (n,) whether
+    each box is sure.
+
+    An output row interpolates two rows of the features (the border rows repeated past the border) with weights
+    (j + 0.5) / scale, j < scale, so the rows before the pair (first - 1, first) of the first feature row above `thr`
+    stay at or below it: the box's first row is among the 2 x scale rows of that pair and the next, its last among
+    those of (last - 1, last) and (last, last + 1). A row's maximum over the output's columns lies at a border column
+    or at the extreme weights 1 / (2 scale), 1 - 1 / (2 scale) of a pair of columns, the interpolation being linear
+    between them. A box is sure when each of its four edges is decided by values farther than `margin` from `thr`,
+    so float rounding (here and in PyTorch's kernel) cannot move it; for the others, which a weak edge can also move
+    farther inside, `upsampled_mask_boxes` upsamples.
+    """
+    y1, y2, sure_rows = edge_lines(probs, scale, thr, margin)
+    x1, x2, sure_cols = edge_lines(probs.transpose(1, 2), scale, thr, margin)
+    return torch.stack((x1, y1, x2, y2), 1).float(), sure_rows & sure_cols
+
+
+def edge_lines(probs: torch.Tensor, scale: int, thr: float, margin: float):
+    """`edge_boxes`' first and last output rows (n,) (the last one's far edge) of masks (n, h, w), and (n,) whether
+    both are sure. Masks with no value above `thr` get (0, 0), sure: upsampling leaves them empty."""
+    n, h, w = probs.shape
+    filled = above(probs.amax(2), thr)  # (n, h) feature rows holding a value above thr
+    first, last = filled.argmax(1), h - 1 - filled.flip(1).argmax(1)  # (n,)
+    around = torch.stack((first, last), 1)[..., None] + torch.arange(-1, 2, device=probs.device)  # (n, 2, 3)
+    rows = probs.gather(1, around.view(n, 6, 1).clamp(0, h - 1).expand(n, 6, w)).view(n, 2, 3, w)
+    t = (torch.arange(scale, device=probs.device, dtype=probs.dtype)[:, None] + 0.5) / scale  # (scale, 1) weights
+    lines = torch.cat([rows[:, :, i, None] * (1 - t) + rows[:, :, i + 1, None] * t for i in (0, 1)], 2)  # (n,2,2s,w)
+    a, b, t = lines[..., :-1], lines[..., 1:], 0.5 / scale
+    inner = torch.maximum(a * (1 - t) + b * t, a * t + b * (1 - t)).amax(3)  # (n, 2, 2s)
+    line_max = torch.maximum(inner, torch.maximum(lines[..., 0], lines[..., -1]))  # with the border columns
+    over, under = line_max > thr + margin, line_max < thr - margin
+    k = torch.arange(2 * scale, device=probs.device)  # output row of k: scale * feature row - scale / 2 + k
+    top, bottom = over[:, 0].int().argmax(1), 2 * scale - 1 - over[:, 1].flip(1).int().argmax(1)  # (n,)
+    sure = (
+        over.any(2).all(1) & (under[:, 0] | (k >= top[:, None])).all(1) & (under[:, 1] | (k <= bottom[:, None])).all(1)
+    )
+    empty = filled.amax(1) == 0
+    y1 = (scale * first - scale // 2 + top).clamp_min(0) * ~empty
+    y2 = (scale * last - scale // 2 + bottom + 1).clamp_max(scale * h) * ~empty
+    return y1, y2, sure | empty
 
 
 def upsampled_masks_and_boxes(

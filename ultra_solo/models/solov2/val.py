@@ -13,7 +13,7 @@ from ultra_solo.utils.labels import naming_non_polygon_rows
 
 from .decode import detections
 from .network import decode_settings, decoded_by_solo, solo_decoding
-from .resample import upsampled_mask_boxes, upsampled_masks_and_boxes
+from .resample import above, upsampled_mask_boxes, upsampled_masks_and_boxes
 from .settings import SOLO_ARG_DEFAULTS
 
 
@@ -78,7 +78,7 @@ class SOLOValidator(SegmentationValidator):
             if self.native_masks:
                 masks, boxes = upsampled_masks_and_boxes(probs, size, self.decode.mask_thr)  # (n, H, W), (n, 4)
             else:
-                masks = probs > self.decode.mask_thr  # (n, H/4, W/4)
+                masks = above(probs, self.decode.mask_thr).bool()  # (n, H/4, W/4)
                 boxes = upsampled_mask_boxes(probs, size, self.decode.mask_thr)  # boxes of the (n, H, W) masks
             out.append({"bboxes": boxes, "conf": conf, "cls": cls.float(), "masks": masks})
         return out
