@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from ultra_solo.models.solov2.decode import DecodeSettings, decode, detections, intersections, matrix_nms
+from ultra_solo.models.solov2.decode import (
+    DecodeSettings,
+    decode,
+    detections,
+    intersections,
+    matrix_nms,
+    sorted_intersections,
+)
 from ultra_solo.models.solov2.head import point_nms
 from ultra_solo.models.solov2.layout import GridLayout
 
@@ -66,6 +73,21 @@ def test_matrix_nms_batched_equals_one_by_one():
     labels = torch.randint(0, 2, (3, 7), generator=g)
     batched = matrix_nms(masks, labels, masks.sum(2))
     assert torch.equal(batched, torch.stack([matrix_nms(m, lab, m.sum(1)) for m, lab in zip(masks, labels)]))
+
+
+@pytest.mark.parametrize("k, n", [(40, 40), (40, 13), (9, 1), (9, 0), (33, 33)])
+def test_sorted_intersections_count_every_pair_matrix_nms_reads(k, n):
+    """On and above the diagonal, in score order: the brute-force counts of the picked masks, in blocks or not."""
+    gen = torch.Generator().manual_seed(k + n)
+    masks = (torch.rand(2, k, 70, generator=gen) > 0.6).float()
+    order = torch.stack([torch.randperm(k, generator=gen)[:n] for _ in range(2)])  # (2, n)
+    upper = torch.ones(n, n, dtype=torch.bool).triu()
+    for b in range(2):
+        picked = masks[b, order[b]]
+        expected = [[float((picked[i] * picked[j]).sum()) for j in range(n)] for i in range(n)]
+        for blocks in (1, 3, 4):
+            got = sorted_intersections(masks, order, blocks)[b]
+            assert got[upper].tolist() == torch.tensor(expected).reshape(n, n)[upper].tolist()
 
 
 def test_intersections_count_every_pair_exactly():
