@@ -104,17 +104,26 @@ def matrix_nms(masks: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, k
     return overlap_decay(masks @ masks.transpose(-1, -2), labels, areas, kernel, sigma)
 
 
-def intersections(masks: torch.Tensor) -> torch.Tensor:
-    """Pixel counts (B, K, K) of the pairwise intersections of 0/1 masks (B, K, P), as float32.
+def intersections(masks: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+    """Pixel counts (B, K, K) of the pairwise intersections of 0/1 masks (B, K, P), as float32: all of them, or with
+    `blocks` > 1 at least those on and above the diagonal, the ones Matrix NMS reads.
 
     On CPU outside traced or compiled graphs (`int8_products`), an int8 matrix product with int32 sums
     (`torch._int_mm`, exact for any count below 2**31): about 9x faster there than the float32 product
-    (`benchmarks/ops.py`), which it equals; float32 elsewhere (GPUs, exports).
+    (`benchmarks/ops.py`), which it equals. It runs in `blocks` row blocks, each against the columns from its own
+    diagonal on (about 5/8 of the full product at 4 blocks; below those blocks the counts are 0). Float32 elsewhere
+    (GPUs, exports), always the full product.
     """
     if not int8_products(masks):
         return masks @ masks.transpose(1, 2)
     m = masks.to(torch.int8)
-    return torch.stack([torch._int_mm(x, x.T) for x in m]).float()
+    k = m.shape[1]
+    inter = torch.zeros((*m.shape[:2], k), dtype=torch.int32)
+    step = max(1, -(-k // blocks))
+    for b, x in enumerate(m):
+        for i in range(0, k, step):
+            inter[b, i : i + step, i:] = torch._int_mm(x[i : i + step], x[i:].T)
+    return inter.float()
 
 
 def int8_products(masks: torch.Tensor) -> bool:
@@ -124,23 +133,15 @@ def int8_products(masks: torch.Tensor) -> bool:
 
 
 def sorted_intersections(masks: torch.Tensor, order: torch.Tensor, blocks: int = 4) -> torch.Tensor:
-    """Pairwise intersections (B, n, n) of the masks (B, K, P) that `order` (B, n) picks, in that order, where Matrix
-    NMS reads them: on and above the diagonal (`overlap_decay` uses only masks scored above a mask).
+    """Pairwise intersections (B, n, n) of the masks (B, K, P) that `order` (B, n) picks, in that order, at least on
+    and above the diagonal (`overlap_decay` uses only masks scored above a mask).
 
-    With int8 products (`int8_products`) the picked masks' rows are taken in int8 and counted in `blocks` row blocks,
-    each against the columns from its own diagonal on (about 5/8 of the full product at 4 blocks; below those blocks
-    the counts are 0). Otherwise, when `order` picks at most half of the masks, their rows are taken first; else all
+    With int8 products (`int8_products`) the picked masks' rows are taken in int8 and counted in `blocks` row blocks
+    (`intersections`). Otherwise, when `order` picks at most half of the masks, their rows are taken first; else all
     K x K intersections are computed and their rows and columns picked (n x n values, not n masks).
     """
     if int8_products(masks):
-        picked = take_rows(masks.to(torch.int8), order)  # (B, n, P) in score order
-        n = picked.shape[1]
-        inter = torch.zeros((*picked.shape[:2], n), dtype=torch.int32)
-        step = max(1, -(-n // blocks))
-        for b, x in enumerate(picked):
-            for i in range(0, n, step):
-                inter[b, i : i + step, i:] = torch._int_mm(x[i : i + step], x[i:].T)
-        return inter.float()
+        return intersections(take_rows(masks.to(torch.int8), order), blocks)  # in score order
     if 2 * order.shape[1] <= masks.shape[1]:
         return intersections(take_rows(masks, order))
     inter = intersections(masks)  # (B, K, K)
