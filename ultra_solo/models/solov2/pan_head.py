@@ -98,14 +98,19 @@ def category_branch(c_in: int, c3: int, nc: int) -> nn.Sequential:
     return branch
 
 
-def kernel_branch(c_in: int, c4: int, nm: int, kernel_out: int) -> nn.Sequential:
+def kernel_branch(
+    c_in: int, c4: int, nm: int, kernel_out: int, offset_bias: tuple[float, float] = (0.0, 0.0)
+) -> nn.Sequential:
     """`Segment`'s mask-coefficient branch of one level, with CoordConv input: 3x3, 3x3 to c4, 1x1 to the kernels.
 
-    The 1x1's outputs beyond the E = nm dynamic-convolution weights (the cell-offset weights) start at zero.
+    The 1x1's outputs beyond the E = nm dynamic-convolution weights (the cell-offset weights) start at `offset_bias`,
+    whatever the features: zero weights, that bias.
     """
     branch = nn.Sequential(coord_conv(c_in, c4), Conv(c4, c4, 3), nn.Conv2d(c4, kernel_out, 1))
     normal_init(branch[-1])
     nn.init.zeros_(branch[-1].weight.data[nm:])
+    if kernel_out > nm:
+        branch[-1].bias.data[nm:] = torch.tensor(offset_bias)
     return branch
 
 
@@ -185,7 +190,16 @@ class SOLOPANHead(SOLOHead):
     strides = (8, 16, 32)  # one grid level per neck output
     proto_class = SOLOProto
 
-    def __init__(self, in_channels: list[int], nc: int, nm: int, npr: int, num_grids: list[int], offsets: bool = False):
+    def __init__(
+        self,
+        in_channels: list[int],
+        nc: int,
+        nm: int,
+        npr: int,
+        num_grids: list[int],
+        offsets: bool = False,
+        offset_bias: tuple[float, float] = (0.0, 0.0),
+    ):
         """Build the per-level branches and the mask-feature branch at `Segment`'s widths.
 
         Args:
@@ -196,6 +210,7 @@ class SOLOPANHead(SOLOHead):
             npr (int): Mask-branch channels (YOLO's number of prototypes, already scaled: `scale_args`).
             num_grids (list[int]): Grid size S of each level (P3, P4, P5).
             offsets (bool): Kernels get two more weights, for the cell-offset terms (`layout.GridLayout`).
+            offset_bias (tuple[float, float]): Their initial value (`SOLOSettings.offset_bias`).
         """
         super().__init__()
         if len(num_grids) != 3:
@@ -205,7 +220,7 @@ class SOLOPANHead(SOLOHead):
         levels = in_channels[-3:]  # the grid levels read the neck's P3, P4, P5; the mask features read every input
         c3, c4 = max(levels[0], min(nc, 100)), max(levels[0] // 4, nm)  # as YOLO's Detect and Segment
         self.cv3 = nn.ModuleList(category_branch(c, c3, nc) for c in levels)
-        self.cv4 = nn.ModuleList(kernel_branch(c, c4, nm, kernel_out) for c in levels)
+        self.cv4 = nn.ModuleList(kernel_branch(c, c4, nm, kernel_out, offset_bias) for c in levels)
         self.proto = self.proto_class(in_channels, npr, nm)
 
     @staticmethod
@@ -217,7 +232,7 @@ class SOLOPANHead(SOLOHead):
     @classmethod
     def settings_kwargs(cls, settings: SOLOSettings) -> dict:
         """The constructor arguments this head takes from a model's `solo` settings."""
-        return {"num_grids": settings.num_grids, "offsets": settings.offsets}
+        return {"num_grids": settings.num_grids, "offsets": settings.offsets, "offset_bias": settings.offset_bias}
 
     @property
     def offsets(self) -> bool:

@@ -24,6 +24,10 @@ class SOLOSettings:
         strides (tuple[int, ...] | None): Level strides. The head knows its own (`SOLOHead.layout`); a YAML may state
             them, and they must then agree. Exports carry the head's.
         offsets (bool): Two cell-offset weights per kernel (`layout.GridLayout`).
+        offset_bias (tuple[float, float]): Initial bias of the two cell-offset weights (x, y: mask logit per cell of
+            distance from the cell), kept when a YOLO-seg checkpoint is transferred. (0, 0): masks start without any
+            decay from their cell, a YOLO checkpoint's masks before the box crop; negative: every mask starts fading
+            away from its cell, a soft crop (README "Fine-tuning from a YOLO-seg checkpoint").
         transfer_head (bool): `pretrained=` a YOLO-seg checkpoint gives the head its branches too (`transfer.py`);
             False: the trunk only, the head starts from SOLO's own initialisation.
         pos_scale (float): Positive cells lie within pos_scale x (w/2, h/2) of the mask's centre of mass.
@@ -53,6 +57,7 @@ class SOLOSettings:
     scale_ranges: tuple[tuple[float, float], ...]
     strides: tuple[int, ...] | None = None
     offsets: bool = False
+    offset_bias: tuple[float, float] = (0.0, 0.0)
     transfer_head: bool = True
     pos_scale: float = 0.2
     cls_weight: float = 1.0
@@ -91,6 +96,14 @@ class SOLOSettings:
                 values["strides"] = tuple(int(s) for s in block["strides"])
         except (TypeError, ValueError) as e:
             raise ValueError(f"'solo' block of {source}: num_grids, scale_ranges or strides malformed ({e})") from None
+        try:
+            values["offset_bias"] = tuple(float(v) for v in block.get("offset_bias", (0.0, 0.0)))
+        except (TypeError, ValueError):
+            values["offset_bias"] = ()
+        if len(values["offset_bias"]) != 2:
+            raise ValueError(f"'solo' block of {source}: offset_bias must be two numbers: {block['offset_bias']!r}")
+        if any(values["offset_bias"]) and not values.get("offsets", False):
+            raise ValueError(f"'solo' block of {source}: offset_bias needs offsets: true")
         if len(values["scale_ranges"]) != len(values["num_grids"]):
             raise ValueError(f"'solo' block of {source}: one scale range per grid level is needed")
         if values.get("loss_stride", 4) not in {1, 2, 4}:
@@ -103,6 +116,7 @@ class SOLOSettings:
         """The settings as a `solo` block of plain values (None entries left out)."""
         d = asdict(self)
         d["num_grids"], d["scale_ranges"] = list(self.num_grids), [list(r) for r in self.scale_ranges]
+        d["offset_bias"] = list(self.offset_bias)
         if self.strides is not None:
             d["strides"] = list(self.strides)
         return {k: v for k, v in d.items() if v is not None}

@@ -2,8 +2,9 @@
 
 `SOLOPANHead` is built with `Segment`'s module names and widths (`pan_head.py`), so a YOLO-seg checkpoint on the same
 trunk matches it by name as Ultralytics' own `intersect_dicts` matches YOLO models. Three things are SOLO's own:
-- tensors SOLO widened by two zero entries (CoordConv input channels, cell-offset kernel weights) take the YOLO tensor
-  in their leading slice and keep zeros in the rest, so they add nothing at transfer;
+- tensors SOLO widened by two entries (CoordConv input channels, cell-offset kernel weights) take the YOLO tensor in
+  their leading slice and keep zero weights in the rest, so they add nothing at transfer; the cell-offset biases keep
+  their initial `offset_bias` (0: nothing either; negative: a soft crop around each cell instead of YOLO's box crop);
 - when nc differs from the checkpoint's, the category branches are rebuilt at the checkpoint's hidden width first, as
   Ultralytics' `BaseModel.load` rebuilds YOLO's, so everything but the last 1x1 transfers;
 - a report per part (trunk, category, kernels, mask features), what did not fit and what the checkpoint had that SOLO
@@ -42,6 +43,7 @@ class TransferReport:
         misfits (list[str]): SOLO tensors whose checkpoint namesake has another shape, with both shapes.
         unused (dict[str, int]): Checkpoint head parts SOLO does not use -> their tensor count.
         trunk_only (bool): The head was left out on purpose (`transfer_head: false`).
+        offset_bias (tuple[float, float]): The cell-offset biases the widened kernels start at (`offset_bias`).
     """
 
     source: str
@@ -50,6 +52,7 @@ class TransferReport:
     misfits: list[str] = field(default_factory=list)
     unused: dict[str, int] = field(default_factory=dict)
     trunk_only: bool = False
+    offset_bias: tuple[float, float] = (0.0, 0.0)
 
     def summary(self) -> str:
         """One line: the counts per part (compare's `weights` column reads it)."""
@@ -58,6 +61,8 @@ class TransferReport:
             for part, (n, total, new) in self.parts.items()
         )
         padded = f"; {self.padded} of them widened with zeros (CoordConv inputs, cell offsets)" if self.padded else ""
+        if self.padded and any(self.offset_bias):
+            padded += f", cell-offset biases at offset_bias {list(self.offset_bias)}"
         trunk_only = " (trunk only: transfer_head false)" if self.trunk_only else ""
         return f"{self.source}: {counts}{padded}{trunk_only}"
 
@@ -81,12 +86,13 @@ def part_of(key: str, head_prefix: str) -> str:
 
 
 def widened(own: torch.Tensor, src: torch.Tensor, dim: int) -> torch.Tensor | None:
-    """`src` in the leading slice of a zero tensor shaped like `own`, if they differ only in `dim`, own the wider."""
+    """`src` in the leading slice of a tensor shaped like `own`, if they differ only in `dim`, own the wider; the rest
+    is zero for weights and `own`'s own entries for biases (the cell-offset biases: `SOLOSettings.offset_bias`)."""
     if own.ndim != src.ndim or own.shape[dim] <= src.shape[dim]:
         return None
     if any(a != b for i, (a, b) in enumerate(zip(own.shape, src.shape)) if i != dim):
         return None
-    out = torch.zeros_like(own)
+    out = own.clone() if own.ndim == 1 else torch.zeros_like(own)
     out.narrow(dim, 0, src.shape[dim]).copy_(src)
     return out
 
@@ -125,7 +131,7 @@ def transfer(model: nn.Module, source: nn.Module, with_head: bool = True) -> Tra
     take = intersect_dicts(csd, own)
     widen = {head_prefix + k: d for k, d in getattr(head, "widened_params", dict)().items()}
     name = f"{type(source).__name__} checkpoint {getattr(source, 'pt_path', None) or ''}".rstrip()
-    report = TransferReport(name, trunk_only=not with_head)
+    report = TransferReport(name, trunk_only=not with_head, offset_bias=model.settings.offset_bias)
     for k, v in own.items():
         if k in csd and k not in take:
             w = widened(v, csd[k], widen[k]) if k in widen else None
