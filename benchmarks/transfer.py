@@ -49,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="fine-tune", help="the compare folder under --project")
     parser.add_argument("--models", nargs="+", default=MODELS, help="model YAMLs, the first the reference (default: "
                         "YOLO11n-seg, yolo11n-solo, trunk-only); more rows join the same folder")  # fmt: skip
     return parser.parse_args()
@@ -75,7 +76,7 @@ def main() -> None:
     metrics = YOLO(str(checkpoint)).val(data=args.source_data, imgsz=args.imgsz, batch=args.batch, plots=False,
                                         single_cls=single_cls)  # fmt: skip
     print(f"checkpoint {checkpoint}: mask mAP50 {metrics.seg.map50:.3f}, mAP50-95 {metrics.seg.map:.3f} on the source")
-    folder = compare(data=args.data, models=args.models, name="fine-tune", project=project, pretrained=str(checkpoint),
+    folder = compare(data=args.data, models=args.models, name=args.name, project=project, pretrained=str(checkpoint),
                      epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed)  # fmt: skip
     print((folder / "report.md").read_text())
 

@@ -96,6 +96,38 @@ def test_one_class_model_from_80_class_checkpoint_gets_yolo_masks(family, tmp_pa
         torch.testing.assert_close(ours[:-1](f), theirs[:-1](f), rtol=1e-4, atol=1e-4)
 
 
+def test_offset_bias_starts_masks_as_a_soft_crop_of_yolos(tmp_path):
+    # offset_bias: the cell-offset weights start at (a, b) whatever the features, at build and after a transfer: every
+    # cell's mask logit is YOLO's pre-crop logit plus a * |x - cx| + b * |y - cy| in cells of its level.
+    file = tmp_path / "yolo11n-seg.pt"
+    seg = yolo_checkpoint("yolo11", file, seed=2)
+    soft = tmp_path / "yolo11n-solo-soft.yaml"
+    yaml_text = find_model_yaml("yolo11-solo.yaml")[0].read_text()
+    soft.write_text(yaml_text.replace("\nsolo:", "\nsolo:\n  offset_bias: [-2.0, -0.5]", 1))
+    model = SOLO(str(soft))
+    assert all(b[-1].bias[-2:].tolist() == [-2.0, -0.5] for b in model.model.model[-1].cv4)
+    model.load(str(file))
+    assert model.model.weights_source.endswith("cell-offset biases at offset_bias [-2.0, -0.5]")
+    x = torch.rand(1, 3, 320, 320)
+    (_, masks), (_, yolo_masks) = solo_logits(model.model, x), yolo_logits(seg, x)
+    cell = 20 * 40 + 5  # P3 (grid 40): row 20, column 5; the cell's centre at mask pixel (20.5 * 2, 5.5 * 2)
+    ys, xs = (torch.arange(80.0) + 0.5) / 80, (torch.arange(80.0) + 0.5) / 80  # mask-pixel centres, in image fractions
+    decay = -2.0 * (xs - 5.5 / 40).abs()[None] * 40 - 0.5 * (ys - 20.5 / 40).abs()[:, None] * 40  # (80, 80)
+    torch.testing.assert_close(masks[0, cell], yolo_masks[0, cell] + decay, rtol=1e-4, atol=1e-4)
+
+
+def test_offset_bias_is_checked():
+    from ultra_solo.models.solov2.settings import SOLOSettings
+
+    block = {"num_grids": [40], "scale_ranges": [[0, 1]], "offsets": True}
+    assert SOLOSettings.from_dict({**block, "offset_bias": [-1, -2]}).offset_bias == (-1.0, -2.0)
+    assert SOLOSettings.from_dict(block).offset_bias == (0.0, 0.0)
+    with pytest.raises(ValueError, match="offset_bias must be two numbers"):
+        SOLOSettings.from_dict({**block, "offset_bias": -1}, "my.yaml")
+    with pytest.raises(ValueError, match="offset_bias needs offsets: true"):
+        SOLOSettings.from_dict({**block, "offsets": False, "offset_bias": [-1, -1]}, "my.yaml")
+
+
 def test_trunk_only_setting_keeps_the_head_from_scratch(tmp_path):
     file = tmp_path / "yolo11n-seg.pt"
     yolo_checkpoint("yolo11", file)
