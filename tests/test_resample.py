@@ -8,6 +8,7 @@ from torchvision.ops import masks_to_boxes
 
 from ultra_solo.models.solov2.resample import (
     edge_boxes,
+    filled_lines,
     mask_boxes,
     upsample_masks,
     upsample_probs,
@@ -97,6 +98,20 @@ def test_edge_boxes_equal_upsampling_everything_where_sure(scale):
         assert torch.equal(boxes[sure], expected[sure])
         assert sure.float().mean() > 0.9  # edges decided off a few rows are the rule, upsampling the exception
         assert torch.equal(upsampled_mask_boxes(probs, (scale * h, scale * w), 0.5), expected)
+        assert torch.equal(upsampled_mask_boxes(probs, (scale * h, scale * w), 0.5, probs > 0.5), expected)
+
+
+@pytest.mark.parametrize("h, w", [(7, 5), (16, 24), (80, 88), (255, 8), (256, 8), (3, 1)])
+def test_filled_lines_mark_the_rows_and_columns_holding_a_pixel(h, w):
+    gen = torch.Generator().manual_seed(h * w)
+    masks = torch.rand(30, h, w, generator=gen) > 0.99  # scattered pixels
+    masks[0] = False
+    masks[1] = True  # every pixel: column counts reach h, the most one byte holds without carry below 256
+    masks[2, -1, -1] = masks[3, 0, 0] = True
+    rows, cols = filled_lines(masks)
+    assert torch.equal(rows.bool(), masks.any(2)) and torch.equal(cols.bool(), masks.any(1))
+    rows, cols = filled_lines(masks.transpose(1, 2))  # not contiguous
+    assert torch.equal(rows.bool(), masks.any(1)) and torch.equal(cols.bool(), masks.any(2))
 
 
 def test_edge_boxes_leave_weak_edges_to_upsampling():

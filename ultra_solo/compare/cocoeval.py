@@ -73,6 +73,16 @@ def ground_truth(dataset: YOLODataset, names: dict[int, str]) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
+def val_ground_truth(data: dict, single_cls: bool = False) -> tuple[YOLODataset, dict]:
+    """The val split of a checked data dict as the validator reads it, and its COCO ground truth (`ground_truth`).
+
+    With `single_cls` every object is of class 0, named "item" as Ultralytics' trainer names it: the validator then
+    scores every prediction as class 0, so the ground truth must have that one class too.
+    """
+    dataset = YOLODataset(img_path=data["val"], data=data, task="segment", augment=False, single_cls=single_cls)
+    return dataset, ground_truth(dataset, {0: "item"} if single_cls else data["names"])
+
+
 class COCOScores:
     """One model's COCO evaluation (`segm` and `boundary`) of a ground truth, kept per image so that its `METRICS`
     can be recomputed over any multiset of the images (a bootstrap resample) without matching anything again.

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ultralytics import YOLO
 from ultralytics.cfg import DEFAULT_CFG_DICT, check_dict_alignment
-from ultralytics.data import YOLODataset
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.nn.backends.base import BaseBackend
 from ultralytics.nn.tasks import torch_safe_load
@@ -27,7 +26,7 @@ from ultra_solo.models.solov2.settings import SOLO_ARG_DEFAULTS
 
 from .args import SeedsError, check_same_args
 from .bootstrap import paired_bootstrap
-from .cocoeval import COCOScores, coco_scores_from_file, ground_truth, with_coco_predictions
+from .cocoeval import COCOScores, coco_scores_from_file, val_ground_truth, with_coco_predictions
 from .pictures import write_predictions
 from .report import plot_curves, write_report, write_summary
 from .speed import TrainSpeed, inference_latency
@@ -232,8 +231,8 @@ def compare(
     val_args = {k: train_args[k] for k in VAL_KEYS if k in train_args}
     val_args |= {"data": data, "plots": False, "project": str(folder / "val"), "exist_ok": True}
     data_dict = check_det_dataset(data)
-    val_set = YOLODataset(img_path=data_dict["val"], data=data_dict, task="segment", augment=False)
-    gt = ground_truth(val_set, data_dict["names"]) if cocoeval else None
+    val_set, gt = val_ground_truth(data_dict, bool(val_args.get("single_cls")))
+    gt = gt if cocoeval else None
     images = sorted(Path(f) for f in val_set.im_files)[:latency_images]
     loaded = {run.name: run.cls(run.best) for run in runs}
     rows, scores = zip(*(evaluate(run, loaded[run.name], val_args, gt) for run in runs))

@@ -162,14 +162,14 @@ def overlap_decay(inter: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor
     order = torch.arange(n, device=inter.device)
     same = labels[..., :, None] == labels[..., None, :]
     iou = iou * ((order[:, None] < order[None, :]) & same)  # (..., n, n): only k above j, same class
-    own = iou.max(-2).values  # (..., n) c_k
+    own = iou.amax(-2)  # (..., n) c_k
     if kernel == "gaussian":
         decay = torch.exp(-sigma * (iou.square() - own.square()[..., :, None]))
     elif kernel == "linear":
         decay = (1 - iou) / (1 - own[..., :, None]).clamp_min(1e-6)
     else:
         raise ValueError(f"Matrix NMS kernel must be 'gaussian' or 'linear', not '{kernel}'")
-    return decay.min(-2).values
+    return decay.amin(-2)
 
 
 def rescored(score: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor, area: torch.Tensor, power: float):

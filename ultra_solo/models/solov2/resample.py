@@ -81,16 +81,19 @@ def upsample_masks(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk
     return out
 
 
-def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float, chunk: int = 32) -> torch.Tensor:
+def upsampled_mask_boxes(
+    probs: torch.Tensor, size: tuple[int, int], thr: float, masks: torch.Tensor | None = None, chunk: int = 32
+) -> torch.Tensor:
     """`mask_boxes(upsample_masks(probs, size, thr))`, (n, 4), without upsampling whole masks where `windowable`.
 
     Validation boxes up to 300 masks per image. Each box is read off the few output rows and columns around its mask's
-    edges (`edge_boxes`); the masks whose edges that leaves undecided are upsampled over their own windows.
+    edges (`edge_boxes`; `masks`, bool (n, h, w), may give `probs > thr` if the caller has it); the masks whose edges
+    that leaves undecided are upsampled over their own windows.
     """
     scale = windowable(probs, size)
     if not scale:
         return mask_boxes(upsample_masks(probs, size, thr))
-    boxes, sure = edge_boxes(probs, scale, thr)
+    boxes, sure = edge_boxes(probs, scale, thr, masks)
     unsure = (~sure).nonzero().view(-1)
     if len(unsure):
         rest = probs.new_zeros((len(unsure), 4))
@@ -100,10 +103,12 @@ def upsampled_mask_boxes(probs: torch.Tensor, size: tuple[int, int], thr: float,
     return boxes
 
 
-def edge_boxes(probs: torch.Tensor, scale: int, thr: float, margin: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+def edge_boxes(
+    probs: torch.Tensor, scale: int, thr: float, masks: torch.Tensor | None = None, margin: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes (n, 4) of masks (n, h, w) upsampled bilinearly by `scale` (a power of two) and thresholded at `thr`, from
-    the output rows and columns next to each mask's first and last rows and columns above `thr`, and (n,) whether
-    each box is sure.
+    the output rows and columns next to each mask's first and last rows and columns above `thr` (`masks`, bool
+    (n, h, w), is `probs > thr`, computed here if not given), and (n,) whether each box is sure.
 
     An output row interpolates two rows of the features (the border rows repeated past the border) with weights
     (j + 0.5) / scale, j < scale, so the rows before the pair (first - 1, first) of the first feature row above `thr`
@@ -114,16 +119,32 @@ def edge_boxes(probs: torch.Tensor, scale: int, thr: float, margin: float = 1e-5
     so float rounding (here and in PyTorch's kernel) cannot move it; for the others, which a weak edge can also move
     farther inside, `upsampled_mask_boxes` upsamples.
     """
-    y1, y2, sure_rows = edge_lines(probs, scale, thr, margin)
-    x1, x2, sure_cols = edge_lines(probs.transpose(1, 2), scale, thr, margin)
+    rows, cols = filled_lines(above(probs, thr).bool() if masks is None else masks)
+    y1, y2, sure_rows = edge_lines(probs, rows, scale, thr, margin)
+    x1, x2, sure_cols = edge_lines(probs.transpose(1, 2), cols, scale, thr, margin)
     return torch.stack((x1, y1, x2, y2), 1).float(), sure_rows & sure_cols
 
 
-def edge_lines(probs: torch.Tensor, scale: int, thr: float, margin: float):
-    """`edge_boxes`' first and last output rows (n,) (the last one's far edge) of masks (n, h, w), and (n,) whether
-    both are sure. Masks with no value above `thr` get (0, 0), sure: upsampling leaves them empty."""
+def filled_lines(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which rows (n, h) and columns (n, w) of bool masks (n, h, w) hold a pixel, as 0/1 of an integer dtype.
+
+    Reads the masks' bytes 8 at a time where w is a multiple of 8 (mask features of inputs that are multiples of 32):
+    a row holds a pixel if one of its int64 words is nonzero, and summing the words over the rows counts every
+    column's pixels in its own byte while h < 256 (no carry). About 6x faster on CPU than byte-wise maxima.
+    """
+    n, h, w = masks.shape
+    m = masks.view(torch.uint8)
+    if w % 8 or h > 255 or not m.is_contiguous():
+        return m.amax(2), m.amax(1)
+    words = m.view(n, h, w // 8, 8).view(torch.int64)[..., 0]  # (n, h, w / 8): 8 bytes of a row each
+    return (words.amax(2) > 0).to(torch.uint8), (words.sum(1).view(torch.uint8).view(n, w) > 0).to(torch.uint8)
+
+
+def edge_lines(probs: torch.Tensor, filled: torch.Tensor, scale: int, thr: float, margin: float):
+    """`edge_boxes`' first and last output rows (n,) (the last one's far edge) of masks (n, h, w) whose rows `filled`
+    (n, h) hold a value above `thr` (1) or not (0), and (n,) whether both are sure. Masks with no value above `thr`
+    get (0, 0), sure: upsampling leaves them empty."""
     n, h, w = probs.shape
-    filled = above(probs.amax(2), thr)  # (n, h) feature rows holding a value above thr
     first, last = filled.argmax(1), h - 1 - filled.flip(1).argmax(1)  # (n,)
     around = torch.stack((first, last), 1)[..., None] + torch.arange(-1, 2, device=probs.device)  # (n, 2, 3)
     rows = probs.gather(1, around.view(n, 6, 1).clamp(0, h - 1).expand(n, 6, w)).view(n, 2, 3, w)

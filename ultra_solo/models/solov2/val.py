@@ -72,13 +72,15 @@ class SOLOValidator(SegmentationValidator):
                 and `masks` (n, H/4, W/4), or (n, H, W) with `native_masks`.
         """
         agnostic = bool(self.args.single_cls or self.args.agnostic_nms)
-        out = []
-        for probs, conf, cls in detections(preds, self.decode, self.args.conf, self.args.max_det, agnostic=agnostic):
-            size = [4 * x for x in probs.shape[1:]]  # input size: masks are at the mask-feature stride 4
-            if self.native_masks:
-                masks, boxes = upsampled_masks_and_boxes(probs, size, self.decode.mask_thr)  # (n, H, W), (n, 4)
-            else:
-                masks = above(probs, self.decode.mask_thr).bool()  # (n, H/4, W/4)
-                boxes = upsampled_mask_boxes(probs, size, self.decode.mask_thr)  # boxes of the (n, H, W) masks
-            out.append({"bboxes": boxes, "conf": conf, "cls": cls.float(), "masks": masks})
-        return out
+        found = detections(preds, self.decode, self.args.conf, self.args.max_det, agnostic=agnostic)
+        return [self.image_prediction(*d) for d in found]
+
+    def image_prediction(self, probs: torch.Tensor, conf: torch.Tensor, cls: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One image's prediction dict from its mask probabilities (n, H/4, W/4), scores and classes (n,)."""
+        size = [4 * x for x in probs.shape[1:]]  # input size: masks are at the mask-feature stride 4
+        if self.native_masks:
+            masks, boxes = upsampled_masks_and_boxes(probs, size, self.decode.mask_thr)  # (n, H, W), (n, 4)
+        else:
+            masks = above(probs, self.decode.mask_thr).bool()  # (n, H/4, W/4)
+            boxes = upsampled_mask_boxes(probs, size, self.decode.mask_thr, masks)  # boxes of the (n, H, W) masks
+        return {"bboxes": boxes, "conf": conf, "cls": cls.float(), "masks": masks}
