@@ -73,14 +73,17 @@ def ground_truth(dataset: YOLODataset, names: dict[int, str]) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def val_ground_truth(data: dict, single_cls: bool = False) -> tuple[YOLODataset, dict]:
-    """The val split of a checked data dict as the validator reads it, and its COCO ground truth (`ground_truth`).
+def class_names(data: dict, single_cls: bool = False) -> dict[int, str]:
+    """The class names the validator scores with: the data set's, or with `single_cls` one class named "item", as
+    Ultralytics' trainer names it (every prediction and every object is then of class 0)."""
+    return {0: "item"} if single_cls else data["names"]
 
-    With `single_cls` every object is of class 0, named "item" as Ultralytics' trainer names it: the validator then
-    scores every prediction as class 0, so the ground truth must have that one class too.
-    """
+
+def val_ground_truth(data: dict, single_cls: bool = False) -> tuple[YOLODataset, dict]:
+    """The val split of a checked data dict as the validator reads it, and its COCO ground truth (`ground_truth`),
+    with `single_cls` of one class (`class_names`)."""
     dataset = YOLODataset(img_path=data["val"], data=data, task="segment", augment=False, single_cls=single_cls)
-    return dataset, ground_truth(dataset, {0: "item"} if single_cls else data["names"])
+    return dataset, ground_truth(dataset, class_names(data, single_cls))
 
 
 class COCOScores:

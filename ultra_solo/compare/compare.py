@@ -26,7 +26,7 @@ from ultra_solo.models.solov2.settings import SOLO_ARG_DEFAULTS
 
 from .args import SeedsError, check_same_args
 from .bootstrap import paired_bootstrap
-from .cocoeval import COCOScores, coco_scores_from_file, val_ground_truth, with_coco_predictions
+from .cocoeval import COCOScores, class_names, coco_scores_from_file, val_ground_truth, with_coco_predictions
 from .pictures import write_predictions
 from .report import plot_curves, write_report, write_summary
 from .speed import TrainSpeed, inference_latency
@@ -231,7 +231,8 @@ def compare(
     val_args = {k: train_args[k] for k in VAL_KEYS if k in train_args}
     val_args |= {"data": data, "plots": False, "project": str(folder / "val"), "exist_ok": True}
     data_dict = check_det_dataset(data)
-    val_set, gt = val_ground_truth(data_dict, bool(val_args.get("single_cls")))
+    single_cls = bool(val_args.get("single_cls"))
+    val_set, gt = val_ground_truth(data_dict, single_cls)
     gt = gt if cocoeval else None
     images = sorted(Path(f) for f in val_set.im_files)[:latency_images]
     loaded = {run.name: run.cls(run.best) for run in runs}
@@ -249,7 +250,8 @@ def compare(
     plot_curves(folder / "curves.png", {run.name: run.dir / "results.csv" for run in runs})
     if picture_images:
         shown = sorted(val_set.labels, key=lambda label: label["im_file"])[:picture_images]
-        write_predictions(folder / "predictions.jpg", models, shown, data_dict["names"], **predict)
+        names = class_names(data_dict, single_cls)
+        write_predictions(folder / "predictions.jpg", models, shown, names, **predict)
     notes = {
         "keys compare sets": f"{SHARED_DEFAULTS} unless given (SOLO's trainer would default overlap_mask to False)",
         "keys a family must set differently to work": "none",
