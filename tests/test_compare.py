@@ -15,7 +15,7 @@ from ultralytics.utils import YAML
 
 from ultra_solo.compare import compare
 from ultra_solo.compare.args import ArgumentMismatchError, SeedsError, check_same_args
-from ultra_solo.compare.cocoeval import coco_metrics, ground_truth, val_ground_truth
+from ultra_solo.compare.cocoeval import class_names, coco_metrics, ground_truth, val_dataset
 from ultra_solo.compare.pictures import best_matches
 from ultra_solo.compare.speed import inference_latency
 
@@ -155,8 +155,9 @@ def test_coco_metrics_of_ground_truth_are_perfect(coco8):
 def test_single_cls_ground_truth_has_one_class(coco8):
     """`compare ... single_cls=True`: the validator scores every prediction as class 0, so every object is of it."""
     data = check_det_dataset(str(coco8))
-    _, gt = val_ground_truth(data)
-    val_set, single = val_ground_truth(data, single_cls=True)
+    gt = ground_truth(val_dataset(data), class_names(data))
+    val_set = val_dataset(data, single_cls=True)
+    single = ground_truth(val_set, class_names(data, single_cls=True))
     assert len({a["category_id"] for a in gt["annotations"]}) > 1 and len(val_set) == 4
     assert single["categories"] == [{"id": 1, "name": "item"}]
     assert [a["category_id"] for a in single["annotations"]] == [1] * len(gt["annotations"])

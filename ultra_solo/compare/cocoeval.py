@@ -79,11 +79,9 @@ def class_names(data: dict, single_cls: bool = False) -> dict[int, str]:
     return {0: "item"} if single_cls else data["names"]
 
 
-def val_ground_truth(data: dict, single_cls: bool = False) -> tuple[YOLODataset, dict]:
-    """The val split of a checked data dict as the validator reads it, and its COCO ground truth (`ground_truth`),
-    with `single_cls` of one class (`class_names`)."""
-    dataset = YOLODataset(img_path=data["val"], data=data, task="segment", augment=False, single_cls=single_cls)
-    return dataset, ground_truth(dataset, class_names(data, single_cls))
+def val_dataset(data: dict, single_cls: bool = False) -> YOLODataset:
+    """The val split of a checked data dict as the validator reads it: with `single_cls` every object is of class 0."""
+    return YOLODataset(img_path=data["val"], data=data, task="segment", augment=False, single_cls=single_cls)
 
 
 class COCOScores:

@@ -26,7 +26,7 @@ from ultra_solo.models.solov2.settings import SOLO_ARG_DEFAULTS
 
 from .args import SeedsError, check_same_args
 from .bootstrap import paired_bootstrap
-from .cocoeval import COCOScores, class_names, coco_scores_from_file, val_ground_truth, with_coco_predictions
+from .cocoeval import COCOScores, class_names, coco_scores_from_file, ground_truth, val_dataset, with_coco_predictions
 from .pictures import write_predictions
 from .report import plot_curves, write_report, write_summary
 from .speed import TrainSpeed, inference_latency
@@ -232,8 +232,9 @@ def compare(
     val_args |= {"data": data, "plots": False, "project": str(folder / "val"), "exist_ok": True}
     data_dict = check_det_dataset(data)
     single_cls = bool(val_args.get("single_cls"))
-    val_set, gt = val_ground_truth(data_dict, single_cls)
-    gt = gt if cocoeval else None
+    names = class_names(data_dict, single_cls)  # what the validator scores with
+    val_set = val_dataset(data_dict, single_cls)
+    gt = ground_truth(val_set, names) if cocoeval else None
     images = sorted(Path(f) for f in val_set.im_files)[:latency_images]
     loaded = {run.name: run.cls(run.best) for run in runs}
     rows, scores = zip(*(evaluate(run, loaded[run.name], val_args, gt) for run in runs))
@@ -250,7 +251,6 @@ def compare(
     plot_curves(folder / "curves.png", {run.name: run.dir / "results.csv" for run in runs})
     if picture_images:
         shown = sorted(val_set.labels, key=lambda label: label["im_file"])[:picture_images]
-        names = class_names(data_dict, single_cls)
         write_predictions(folder / "predictions.jpg", models, shown, names, **predict)
     notes = {
         "keys compare sets": f"{SHARED_DEFAULTS} unless given (SOLO's trainer would default overlap_mask to False)",
