@@ -18,11 +18,17 @@ import ast
 from pathlib import Path
 
 import numpy as np
-from ultralytics.data import YOLODataset
 from ultralytics.data.utils import check_det_dataset
 
 from ultra_solo import SOLO
-from ultra_solo.compare.cocoeval import METRICS, COCOScores, coco_scores_from_file, ground_truth, with_coco_predictions
+from ultra_solo.compare.cocoeval import (
+    METRICS,
+    COCOScores,
+    coco_scores_from_file,
+    ground_truth,
+    val_dataset,
+    with_coco_predictions,
+)
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DECODING_KEYS = ("mask_thr", "maskness_power", "sigma", "kernel", "nms_pre")
@@ -88,7 +94,7 @@ def main() -> None:
     """Validate the model with its own decoding and every variant; print the table."""
     args = parse_args()
     info = check_det_dataset(args.data)
-    gt = ground_truth(YOLODataset(img_path=info["val"], data=info, task="segment", augment=False), info["names"])
+    gt = ground_truth(val_dataset(info), info["names"])
     model = SOLO(args.model)
     validator = with_coco_predictions(model._smart_load("validator"))
     solo = model.model.yaml["solo"]

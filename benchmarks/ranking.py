@@ -22,16 +22,15 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 from scipy.stats import spearmanr
-from ultralytics.data import YOLODataset
 from ultralytics.data.utils import check_det_dataset
 
-from ultra_solo.compare.cocoeval import ground_truth
+from ultra_solo.compare.cocoeval import ground_truth, val_dataset
 
 
 def ground_truth_rles(data: str) -> dict[str, list]:
     """RLE masks of the validation objects, per image file name."""
     info = check_det_dataset(data)
-    gt = ground_truth(YOLODataset(img_path=info["val"], data=info, task="segment", augment=False), info["names"])
+    gt = ground_truth(val_dataset(info), info["names"])
     rles = defaultdict(list)
     for ann in gt["annotations"]:
         image = gt["images"][ann["image_id"]]
