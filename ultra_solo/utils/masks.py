@@ -39,3 +39,14 @@ def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(masks.shape[-2:]) == tuple(size):
         return masks
     return (F.interpolate(masks[None].float(), size, mode="bilinear", align_corners=False)[0] > 0.5).float()
+
+
+def coverage_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The fraction of each pixel of an h x w = `size` grid that binary masks (N, H, W) cover: area averages, (N, h, w).
+
+    A mask made at input resolution and averaged down to the mask stride keeps where its edges lie inside a pixel,
+    which a binary mask at that stride rounds to the pixel grid (README "Coverage ground truth").
+    """
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, *size), dtype=torch.float32)
+    return F.interpolate(masks[None].float(), size, mode="area")[0]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 from ultralytics.utils import LOGGER, ops
 
-from ultra_solo.utils.masks import instance_masks, resize_masks
+from ultra_solo.utils.masks import coverage_masks, instance_masks, resize_masks
 
 from .head import flatten_levels, raw_outputs
 from .layout import GridLayout
@@ -28,7 +28,10 @@ from .targets import assign_targets
 
 
 def dice_loss(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Return 1 - dice per mask, (P, h, w) probabilities and binary targets -> (P,); dice = 2ab / (a^2 + b^2)."""
+    """Return 1 - dice per mask, (P, h, w) probabilities and targets in [0, 1] -> (P,); dice = 2ab / (a^2 + b^2).
+
+    The loss is 0 only where probs = targets, binary targets or covered fractions (`coverage_targets`) alike.
+    """
     probs, targets = probs.flatten(1), targets.flatten(1)
     inter = (probs * targets).sum(1)
     return 1 - 2 * inter / ((probs * probs).sum(1) + (targets * targets).sum(1) + 2 * eps)
@@ -43,24 +46,25 @@ def mask_probs(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def mask_iou(probs: torch.Tensor, targets: torch.Tensor, thr: float) -> torch.Tensor:
-    """IoU (P,) of masks `probs > thr` (P, h, w) with binary targets (P, h, w); 0 where both are empty."""
+    """IoU (P,) of masks `probs > thr` (P, h, w) with targets (P, h, w) above 0.5; 0 where both are empty."""
     pred, targets = probs.flatten(1) > thr, targets.flatten(1) > 0.5
     inter = (pred & targets).sum(1)
     return inter / ((pred | targets).sum(1)).clamp_min(1)
 
 
 def pixel_bce(probs: torch.Tensor, targets: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Mean binary cross-entropy per mask over its pixels, (P, h', w') probabilities and binary targets -> (P,)."""
+    """Mean binary cross-entropy per mask over its pixels, (P, h', w') probabilities and targets in [0, 1] -> (P,)."""
     return F.binary_cross_entropy(probs.clamp(eps, 1 - eps), targets, reduction="none").flatten(1).mean(1)
 
 
 def boundary_band(masks: torch.Tensor, radius: int) -> torch.Tensor:
-    """The boundary band of binary masks (P, h, w): 1 where the (2 radius + 1)^2 window (inside the image) holds both
-    mask and background pixels, i.e. within `radius` pixels (chessboard distance) of the mask's edge; (P, h, w)."""
+    """The boundary band of masks (P, h, w) in [0, 1]: 1 where the (2 radius + 1)^2 window (inside the image) holds
+    both covered (> 0) and uncovered (< 1) area, i.e. within `radius` pixels (chessboard distance) of the mask's edge;
+    (P, h, w). Binary masks: the window holds both mask and background pixels."""
     k = 2 * radius + 1
     dilated = F.max_pool2d(masks[:, None], k, stride=1, padding=radius)[:, 0]
     eroded = -F.max_pool2d(-masks[:, None], k, stride=1, padding=radius)[:, 0]
-    return dilated - eroded
+    return ((dilated > 0) & (eroded < 1)).to(masks.dtype)
 
 
 def band_radius(size: tuple[int, int], fraction: float = 0.02) -> int:
@@ -115,6 +119,7 @@ class SOLOv2Loss:
         self.bce_weight = settings.bce_weight
         self.band_weight = settings.band_weight
         self.loss_stride = settings.loss_stride
+        self.coverage_targets = settings.coverage_targets
         self.alpha = settings.focal_alpha
         self.gamma = settings.focal_gamma
         self.cls_quality = settings.cls_quality
@@ -131,10 +136,12 @@ class SOLOv2Loss:
         self.skipped = 0
 
     def targets(self, batch: dict, mask_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return GT masks (N, h', w') at `mask_size`, classes (N,) and the cell assignment (B, R)."""
+        """Return GT masks (N, h', w') at `mask_size` (binary, or covered fractions with `coverage_targets`), classes
+        (N,) and the cell assignment (B, R)."""
         img_h, img_w = batch["img"].shape[2:]
         masks = instance_masks(batch["masks"], batch["batch_idx"], self.overlap)
-        masks = resize_masks(masks, mask_size)  # multi_scale or mask_ratio != 4 change the GT size
+        resize = coverage_masks if self.coverage_targets else resize_masks
+        masks = resize(masks, mask_size)  # multi_scale or mask_ratio != 4 change the GT size
         boxes = ops.xywh2xyxy(batch["bboxes"]) * batch["bboxes"].new_tensor([img_w, img_h, img_w, img_h])
         assigned = assign_targets(
             masks,

@@ -37,6 +37,9 @@ class SOLOSettings:
             loss masks' diagonal; 0: none).
         loss_stride (int): The mask loss compares masks at input / loss_stride: 4 is the mask features' own stride;
             2 or 1 upsample the mask probabilities bilinearly, as decoding does, and train on finer ground truth.
+        coverage_targets (bool): The mask loss's ground truth at input / loss_stride is each pixel's covered fraction,
+            averaged from masks made at input resolution (training then reads `mask_ratio` 1), instead of a binary
+            mask made at that stride; the mask probabilities can then learn where an edge lies inside a pixel.
         focal_alpha, focal_gamma (float): Focal loss constants.
         cls_quality (bool): The focal loss's target at a positive cell is its mask's IoU with the ground truth
             (thresholded at `mask_thr`, at the loss size, not differentiated) instead of 1, so that category scores
@@ -65,6 +68,7 @@ class SOLOSettings:
     bce_weight: float = 0.0
     band_weight: float = 0.0
     loss_stride: int = 4
+    coverage_targets: bool = False
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     cls_quality: bool = False

@@ -57,13 +57,15 @@ class SOLOTrainer(SegmentationTrainer):
 
     @contextmanager
     def training_mask_ratio(self):
-        """Within: `mask_ratio` no coarser than the model's `loss_stride`, for the training set's ground-truth masks.
+        """Within: the training set's ground-truth masks as fine as the model's mask loss reads them.
 
         A SOLO model with a finer mask loss (`loss_stride` 2 or 1) needs finer training masks than the mask_ratio 4 its
-        validation keeps; the run's arguments (args.yaml) stay as given.
+        validation keeps, and one with `coverage_targets` masks at input resolution (mask_ratio 1) to average down;
+        the run's arguments (args.yaml) stay as given.
         """
         given = self.args.mask_ratio
-        self.args.mask_ratio = min(given, unwrap_model(self.model).settings.loss_stride)
+        settings = unwrap_model(self.model).settings
+        self.args.mask_ratio = 1 if settings.coverage_targets else min(given, settings.loss_stride)
         try:
             yield
         finally:
