@@ -118,16 +118,20 @@ def test_resume_after_crash(coco8, tmp_path):
     assert (tmp_path / "run" / "weights" / "best.pt").is_file()
 
 
-def test_training_masks_follow_a_finer_mask_loss(coco8, tmp_path):
-    # loss_stride 2: the training set's masks at input / 2 (also after close_mosaic), validation's and args' stay at 4.
-    model = Path(__file__).parents[1] / "benchmarks/ablation/yolo11n-solo-stride2.yaml"
+@pytest.mark.parametrize(
+    "yaml, size", [("yolo11n-solo-stride2.yaml", 32), ("yolo11n-solo-coverage.yaml", 64)], ids=["stride2", "coverage"]
+)
+def test_training_masks_follow_a_finer_mask_loss(coco8, tmp_path, yaml, size):
+    # loss_stride 2: the training set's masks at input / 2; coverage_targets: at input resolution, to average down
+    # (also after close_mosaic); validation's and args' stay at 4.
+    model = Path(__file__).parents[1] / "benchmarks/ablation" / yaml
     args = dict(model=str(model), data=str(coco8), imgsz=64, project=str(tmp_path), name="t", **NO_AUGMENT)
     trainer = SOLOTrainer(overrides=args)
     trainer.model = SOLOv2Model(str(model), nc=trainer.data["nc"], verbose=False)
     train_set = trainer.build_dataset(trainer.data["train"], "train", 4)
-    assert train_set[0]["masks"].shape[-2:] == (32, 32) and trainer.args.mask_ratio == 4
+    assert train_set[0]["masks"].shape[-2:] == (size, size) and trainer.args.mask_ratio == 4
     trainer.train_loader = SimpleNamespace(dataset=train_set)
     trainer._close_dataloader_mosaic()
-    assert train_set[0]["masks"].shape[-2:] == (32, 32) and trainer.args.mask_ratio == 4
+    assert train_set[0]["masks"].shape[-2:] == (size, size) and trainer.args.mask_ratio == 4
     val_image = trainer.build_dataset(trainer.data["val"], "val", 4)[0]
     assert val_image["masks"].shape[-2:] == tuple(s // 4 for s in val_image["img"].shape[-2:])

@@ -135,13 +135,14 @@ def test_pixel_bce_values():
 
 
 def brute_force_band(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Pixel by pixel: 1 where the window of chessboard radius `radius` (clipped to the image) holds both values."""
+    """Pixel by pixel: 1 where the window of chessboard radius `radius` (clipped to the image) holds both covered (> 0)
+    and uncovered (< 1) area; for a binary mask, both values."""
     h, w = mask.shape
     band = torch.zeros_like(mask)
     for y in range(h):
         for x in range(w):
             window = mask[max(0, y - radius) : y + radius + 1, max(0, x - radius) : x + radius + 1]
-            band[y, x] = float(window.min() == 0 and window.max() == 1)
+            band[y, x] = float(window.max() > 0 and window.min() < 1)
     return band
 
 
@@ -158,6 +159,37 @@ def test_boundary_band_of_a_square_and_a_corner_shape(radius):
     band = boundary_band(torch.stack([square, touching]), radius)
     assert torch.equal(band[0], expected) and torch.equal(band[0], brute_force_band(square, radius))
     assert torch.equal(band[1], brute_force_band(touching, radius)) and band[1][0, 11] == 0
+
+
+def test_boundary_band_of_coverage_masks():
+    # coverage_targets: an edge pixel covered 0.25 or 0.75 is neither mask nor background; its window holds both.
+    mask = torch.zeros(10, 10)
+    mask[2:7, 3:8] = 1
+    mask[7, 3:8] = 0.25  # the lower edge inside row 7
+    mask[2:8, 8] = 0.75  # the right edge inside column 8
+    band = boundary_band(mask[None], 1)[0]
+    assert torch.equal(band, brute_force_band(mask, 1))
+    assert band[7, 5] == 1 and band[8, 5] == 1 and band[5, 9] == 1  # the fractional pixels and their outer neighbours
+    assert band[4, 5] == 0 and band[0, 0] == 0  # inside, fully covered; far outside
+
+
+def test_coverage_ground_truth_is_the_area_average_of_input_resolution_masks(model):
+    # coverage_targets: masks given at input resolution (mask_ratio 1), each loss pixel the fraction of its 4 x 4
+    # input pixels the mask covers, by hand.
+    b = batch(1)
+    full = torch.zeros(1, 128, 128)
+    full[0, 17:62, 18:64] = 1  # input px rows [17, 62), cols [18, 64): edges inside loss pixels
+    b["masks"] = full
+    crit = model.init_criterion()
+    crit.coverage_targets = True
+    gt, _, assigned = crit.targets(b, (32, 32))
+    expected = torch.zeros(32, 32)
+    for y in range(32):
+        for x in range(32):
+            expected[y, x] = full[0, 4 * y : 4 * y + 4, 4 * x : 4 * x + 4].mean()
+    assert torch.allclose(gt[0], expected) and gt[0, 4, 4] == pytest.approx(3 / 4 * 2 / 4)  # rows 17-19, cols 18-19
+    assert (assigned >= 0).any()
+    assert dice_loss(gt, gt, eps=0).max().item() < 1e-6 and dice_loss((gt > 0.5).float(), gt, eps=0).min().item() > 1e-3
 
 
 def test_band_radius_is_two_percent_of_the_diagonal():
