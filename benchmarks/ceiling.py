@@ -45,32 +45,26 @@ COLUMNS = {  # printed column -> METRICS key
 }
 
 
-def exact_coverage(xy: np.ndarray, frame: tuple[int, int], stride: int, samples: int = 8) -> np.ndarray:
+def exact_coverage(xy: np.ndarray, frame: tuple[int, int], stride: int, samples: int = 8) -> torch.Tensor:
     """Covered fraction of each stride x stride block of `frame` (h, w) by the polygon xy (n, 2) in input pixels, where
     pixel i spans [i, i + 1): the polygon filled at `samples` points per pixel and side, then averaged."""
     h, w = frame
     fine = np.zeros((h * samples, w * samples), np.uint8)
     points = np.round((xy * samples - 0.5) * 16).astype(np.int32)  # sample centres at (k + 0.5) / samples
     cv2.fillPoly(fine, [points], 1, shift=4)
-    return cv2.resize(fine.astype(np.float32), (w // stride, h // stride), interpolation=cv2.INTER_AREA)
-
-
-def box_mask(xy: np.ndarray, frame: tuple[int, int]) -> torch.Tensor:
-    """(h, w) float mask of the pixels whose centres lie in the polygon's box, as Ultralytics' `crop_mask` keeps."""
-    (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
-    ys = torch.arange(frame[0], dtype=torch.float32)[:, None] + 0.5
-    xs = torch.arange(frame[1], dtype=torch.float32)[None] + 0.5
-    return ((xs >= x1) & (xs < x2) & (ys >= y1) & (ys < y2)).float()
+    return coverage_masks(torch.from_numpy(fine)[None], (h // stride, w // stride))[0]
 
 
 def stride_maps(xy: np.ndarray, frame: tuple[int, int]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Each kind of ground truth of one polygon xy (n, 2) in an input frame (h, w): (map at its stride, input crop)."""
+    """Each kind of ground truth of one polygon xy (n, 2) in an input frame (h, w): (map at its stride, xyxy box (4,)
+    to crop the decoded mask with, or None)."""
     flat = [xy.reshape(-1)]
     binary4 = torch.from_numpy(polygon2mask(frame, flat, downsample_ratio=4)).float()
     full = torch.from_numpy(polygon2mask(frame, flat, downsample_ratio=1))
+    box = torch.from_numpy(np.concatenate((xy.min(0), xy.max(0)))).float()
     return {
         "binary, stride 4 (Ultralytics' training masks)": (binary4, None),
-        "binary, stride 4, cropped by the box (YOLO-seg's decoding)": (binary4, box_mask(xy, frame)),
+        "binary, stride 4, cropped by the box (YOLO-seg's decoding)": (binary4, box),
         "binary, stride 2 (loss_stride: 2)": (
             torch.from_numpy(polygon2mask(frame, flat, downsample_ratio=2)).float(),
             None,
@@ -79,16 +73,17 @@ def stride_maps(xy: np.ndarray, frame: tuple[int, int]) -> dict[str, tuple[torch
             coverage_masks(full[None], (frame[0] // 4, frame[1] // 4))[0],
             None,
         ),
-        "exact coverage, stride 4 (8 x 8 samples per pixel)": (torch.from_numpy(exact_coverage(xy, frame, 4)), None),
+        "exact coverage, stride 4 (8 x 8 samples per pixel)": (exact_coverage(xy, frame, 4), None),
     }
 
 
-def decoded(small: torch.Tensor, crop: torch.Tensor | None, frame: tuple[int, int], shape, ratio_pad) -> dict:
-    """A COCO RLE of a stride map decoded as validation decodes: bilinear to the input frame, > 0.5, (box crop),
-    scaled to the image (`ops.scale_masks`, as Ultralytics' validator scales masks for its JSON)."""
+def decoded(small: torch.Tensor, box: torch.Tensor | None, frame: tuple[int, int], shape, ratio_pad) -> dict:
+    """A COCO RLE of a stride map decoded as validation decodes: bilinear to the input frame, > 0.5, (cropped by `box`
+    with Ultralytics' `ops.crop_mask`, as YOLO-seg crops), scaled to the image (`ops.scale_masks`, as Ultralytics'
+    validator scales masks for its JSON)."""
     mask = upsample_probs(small[None], frame)[0] > 0.5
-    if crop is not None:
-        mask &= crop.bool()
+    if box is not None:
+        mask = ops.crop_mask(mask[None].float(), box[None])[0] > 0
     native = ops.scale_masks(mask[None, None].float(), shape, ratio_pad=ratio_pad)[0, 0] > 0.5
     rle = mask_utils.encode(np.asfortranarray(native.numpy().astype(np.uint8)))
     return {"size": rle["size"], "counts": rle["counts"].decode()}
@@ -104,14 +99,14 @@ def perfect_predictions(dataset, imgsz: int) -> dict[str, list[dict]]:
         ratio_pad = ((r, r), (0, 0))
         for cls, segment in zip(label["cls"].reshape(-1), label["segments"]):
             xy = segment * [w * r, h * r]  # input pixels
-            for kind, (small, crop) in stride_maps(xy, frame).items():
+            for kind, (small, box) in stride_maps(xy, frame).items():
                 out.setdefault(kind, []).append(
                     {
                         "file_name": Path(label["im_file"]).name,
                         "category_id": int(cls) + 1,
                         "score": 1.0,
                         "bbox": [0.0, 0.0, 1.0, 1.0],
-                        "segmentation": decoded(small, crop, frame, (h, w), ratio_pad),
+                        "segmentation": decoded(small, box, frame, (h, w), ratio_pad),
                     }
                 )
     return out
