@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ultra_solo.models.solov2.cfg import load_model_yaml
 from ultra_solo.models.solov2.decode import detections
 from ultra_solo.models.solov2.head import flatten_levels, raw_outputs
 from ultra_solo.models.solov2.layout import GridLayout
@@ -20,6 +21,7 @@ from ultra_solo.models.solov2.loss import (
     mask_probs,
     pixel_bce,
     positive_mask_logits,
+    semantic_targets,
 )
 from ultra_solo.models.solov2.network import SOLOv2Model, decode_settings, solo_decoding
 
@@ -313,3 +315,53 @@ def test_loss_and_decoding_run_in_fp32_under_autocast(model):
     assert dense[2].dtype == torch.bfloat16
     [(probs, conf, cls)] = detections(dense, decode_settings(model), conf=0.0, max_det=50)
     assert probs.dtype == conf.dtype == torch.float32 and torch.isfinite(conf).all()
+
+
+def test_semantic_targets_are_each_class_union_of_its_masks():
+    # 4 masks over 2 images and 3 classes, two of them overlapping (class 2 of image 1), one fractional (coverage).
+    masks = (torch.rand(4, 6, 5) > 0.5).float()
+    masks[3, 0, 0] = 0.25
+    cls, batch_idx = torch.tensor([0, 2, 2, 1]), torch.tensor([0, 1, 1, 1])
+    expected = torch.zeros(2, 3, 6, 5)
+    for m, c, b in zip(masks, cls, batch_idx):
+        expected[b, c] = torch.maximum(expected[b, c], m)
+    assert torch.equal(semantic_targets(masks, cls, batch_idx, 2, 3), expected)
+    assert expected[1, 2].sum() > max(masks[1].sum(), masks[2].sum())  # the union, not one of them
+    assert semantic_targets(masks[:0], cls[:0], batch_idx[:0], 2, 3).shape == (2, 3, 6, 5)
+
+
+@pytest.mark.parametrize("family", ["yolo11", "yolo26"])
+def test_semantic_head_trains_with_its_loss_and_leaves_inference_alone(family):
+    # semantic_weight: the head over the fused P3 gets YOLO26's BCE + dice loss against every class's union of masks,
+    # computed here by hand; eval outputs do not depend on it, and fuse() removes it.
+    cfg = load_model_yaml(f"{family}n-solo.yaml")
+    cfg["solo"]["semantic_weight"] = 2.0
+    torch.manual_seed(0)
+    model = SOLOv2Model(cfg, nc=3, verbose=False)
+    model.args = {"overlap_mask": False}
+    b = batch(2)
+    model.zero_grad()
+    loss, items = model.loss(b)
+    loss.backward()
+    semseg = model.model[-1].proto.semseg
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in semseg.parameters())
+
+    with torch.no_grad():
+        logits = model(b["img"])["semantic"]  # (2, 3, 16, 16) at stride 8
+    target = torch.zeros(2, 3, 16, 16)
+    target[0, 1, 2:10, 2:8] = 1  # the two 48 px squares of image 0 (class 1), input rows [16, 80), cols [16, 64)
+    assert torch.equal(target[0, 1], b["masks"].amax(0)[::2, ::2])  # the union at stride 4, every other pixel
+    probs = logits.sigmoid()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    dice = 1 - (2 * (probs * target).sum((2, 3)) + 1) / (probs.sum((2, 3)) + target.sum((2, 3)) + 1)
+    assert items["sem_loss"].item() == pytest.approx(2.0 * (0.5 * bce + 0.5 * dice.mean()).item(), rel=1e-5)
+
+    model.eval()
+    with torch.no_grad(), solo_decoding(model):
+        dense, raw = model(b["img"])
+        assert "semantic" not in raw and model.loss(b, (dense, raw))[1]["sem_loss"] == 0  # validation's loss
+        for p in semseg.parameters():
+            p.mul_(-3.0)
+        assert all(torch.equal(a, c) for a, c in zip(dense, model(b["img"])[0]))
+        model.fuse(verbose=False)
+        assert model.model[-1].proto.semseg is None

@@ -11,7 +11,7 @@ import torch
 from ultralytics.nn.tasks import SegmentationModel
 
 from ultra_solo import SOLO
-from ultra_solo.models.solov2.cfg import find_model_yaml
+from ultra_solo.models.solov2.cfg import find_model_yaml, load_model_yaml
 from ultra_solo.models.solov2.network import SOLOv2Model
 from ultra_solo.models.solov2.pan_head import SOLOPANHead
 from ultra_solo.models.solov2.transfer import widened
@@ -190,5 +190,25 @@ def test_stride4_skip_starts_silent_after_transfer(tmp_path, caplog):
     assert "trunk 378/378, category 78/78, kernels 42/42, mask features 20/38 (18 SOLO's own)" in caplog.text
     x = torch.rand(1, 3, 320, 256)
     (cls, masks), (yolo_cls, yolo_masks) = solo_logits(model.model, x), yolo_logits(seg, x)
+    torch.testing.assert_close(cls, yolo_cls, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(masks, yolo_masks, rtol=1e-4, atol=1e-4)
+
+
+def test_yolo26_semantic_head_transfers_and_changes_no_logit(tmp_path, caplog):
+    # semantic_weight: yolo26-solo keeps Proto26's semantic head (14 tensors), which a YOLO26-seg checkpoint gives it;
+    # eval outputs never read it, so the transferred model still computes YOLO's logits.
+    file = tmp_path / "yolo26n-seg.pt"
+    seg = yolo_checkpoint("yolo26", file)
+    cfg = load_model_yaml("yolo26n-solo.yaml")
+    cfg["solo"]["semantic_weight"] = 3.0
+    model = SOLOv2Model(cfg, verbose=False)
+    with caplog.at_level(logging.INFO, logger="ultralytics"):
+        model.load({"model": torch.load(file, weights_only=False)["model"]})
+    assert "trunk 468/468, category 78/78, kernels 42/42, mask features 52/52" in caplog.text
+    assert "semantic head" not in caplog.text  # no longer among the checkpoint's parts SOLO leaves unused
+    ours, theirs = model.model[-1].proto.semseg, seg.model[-1].proto.semseg
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    x = torch.rand(1, 3, 320, 320)
+    (cls, masks), (yolo_cls, yolo_masks) = solo_logits(model, x), yolo_logits(seg, x)
     torch.testing.assert_close(cls, yolo_cls, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(masks, yolo_masks, rtol=1e-4, atol=1e-4)

@@ -2,7 +2,7 @@
 
 Outputs of every SOLO head, by mode (the contract the loss, the postprocess and the exporter rely on):
     training: the raw outputs, a dict `{"cls": [(B, nc, S, S)] per level, "kernels": [(B, E, S, S)] per level,
-        "mask_feats": (B, E, H/4, W/4)}`;
+        "mask_feats": (B, E, H/4, W/4)}`, plus "semantic": (B, nc, H/8, W/8) where the head has a semantic branch;
     eval: `(dense, raw)`, dense = (scores (B, R, nc) after sigmoid and 2x2 point NMS, kernels (B, R, E), mask features
         (B, E, H/4, W/4));
     export (`head.export` set to an `export.ExportSpec` on the exporter's copy of the model): three plain tensors, the
@@ -126,7 +126,7 @@ class SOLOHead(nn.Module):
         Raises:
             ValueError: For a setting this head has no part for.
         """
-        if unsupported := [k for k in ("offsets",) if getattr(settings, k)]:
+        if unsupported := [k for k in ("offsets", "semantic_weight") if getattr(settings, k)]:
             raise ValueError(f"{cls.__name__} takes no 'solo' key(s) {unsupported}")
         return {"num_grids": settings.num_grids}
 
@@ -140,11 +140,18 @@ class SOLOHead(nn.Module):
         stride = self.in_strides[0]
         return self.layout.grids((first.shape[-2] * stride, first.shape[-1] * stride))
 
-    def outputs(self, cls_logits: list[torch.Tensor], kernels: list[torch.Tensor], mask_feats: torch.Tensor):
-        """Return the outputs of the current mode from per-level logits and kernels and the mask features."""
+    def outputs(
+        self,
+        cls_logits: list[torch.Tensor],
+        kernels: list[torch.Tensor],
+        mask_feats: torch.Tensor,
+        semantic: torch.Tensor | None = None,
+    ):
+        """Return the outputs of the current mode from per-level logits and kernels and the mask features; training
+        outputs also hold the auxiliary semantic logits (B, nc, H/8, W/8) of a head with them (`semantic_weight`)."""
         raw = {"cls": cls_logits, "kernels": kernels, "mask_feats": mask_feats}
         if self.training:
-            return raw
+            return raw if semantic is None else {**raw, "semantic": semantic}
         scores = flatten_levels([point_nms(c.sigmoid()) for c in cls_logits])  # (B, R, nc)
         dense = (scores, flatten_levels(kernels), mask_feats)
         return (dense, raw) if self.export is None else self.export.outputs(dense)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 from ultralytics.utils import LOGGER, ops
+from ultralytics.utils.loss import BCEDiceLoss
 
 from ultra_solo.utils.masks import coverage_masks, instance_masks, resize_masks
 
@@ -78,6 +79,15 @@ def band_dice_loss(probs: torch.Tensor, targets: torch.Tensor, band: torch.Tenso
     return dice_loss(probs * band, targets * band)
 
 
+def semantic_targets(masks: torch.Tensor, cls: torch.Tensor, batch_idx: torch.Tensor, b: int, nc: int) -> torch.Tensor:
+    """Per image and class, the union of the ground-truth masks (N, h, w) in [0, 1] of classes `cls` (N,) in images
+    `batch_idx` (N,): each pixel's largest value, (B, nc, h, w)."""
+    flat = masks.flatten(1)  # (N, h * w)
+    index = (batch_idx.long() * nc + cls.long())[:, None].expand_as(flat)  # (N, h * w) row of its image and class
+    targets = flat.new_zeros((b * nc, flat.shape[1])).scatter_reduce_(0, index, flat, "amax")
+    return targets.view(b, nc, *masks.shape[1:])
+
+
 def positive_mask_logits(
     layout: GridLayout, kernels: torch.Tensor, mask_feats: torch.Tensor, pos: torch.Tensor
 ) -> torch.Tensor:
@@ -120,6 +130,8 @@ class SOLOv2Loss:
         self.band_weight = settings.band_weight
         self.loss_stride = settings.loss_stride
         self.coverage_targets = settings.coverage_targets
+        self.semantic_weight = settings.semantic_weight
+        self.semantic_loss = BCEDiceLoss(weight_bce=0.5, weight_dice=0.5)  # YOLO26's semantic loss
         self.alpha = settings.focal_alpha
         self.gamma = settings.focal_gamma
         self.cls_quality = settings.cls_quality
@@ -163,7 +175,8 @@ class SOLOv2Loss:
             batch (dict): Ultralytics segment batch (`img`, `masks`, `cls`, `bboxes`, `batch_idx`).
 
         Returns:
-            (tuple): Total loss times batch size, and the detached weighted `cls_loss` and `mask_loss`.
+            (tuple): Total loss times batch size, and the detached weighted `cls_loss` and `mask_loss` (and
+                `sem_loss` with `semantic_weight`).
         """
         raw = raw_outputs(preds)
         cls_maps, kernel_maps, mask_feats = raw["cls"], raw["kernels"], raw["mask_feats"]
@@ -195,6 +208,20 @@ class SOLOv2Loss:
             cls_targets[pos, gt_cls[inst]] = quality
             cls_loss = sigmoid_focal_loss(cls_logits, cls_targets, self.alpha, self.gamma, reduction="sum")
             cls_loss = cls_loss / (len(inst) + 1) * self.cls_weight
+            items = {"cls_loss": cls_loss, "mask_loss": mask_loss}
+            if self.semantic_weight:
+                items["sem_loss"] = self.semantic(raw.get("semantic"), gt_masks, gt_cls, batch["batch_idx"])
         batch_size = mask_feats.shape[0]
-        loss = cls_loss + mask_loss
-        return loss * batch_size, {"cls_loss": cls_loss.detach(), "mask_loss": mask_loss.detach()}
+        return sum(items.values()) * batch_size, {k: v.detach() for k, v in items.items()}
+
+    def semantic(
+        self, logits: torch.Tensor | None, masks: torch.Tensor, cls: torch.Tensor, batch_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """The weighted auxiliary semantic loss of the head's semantic logits (B, nc, H/8, W/8) against every class's
+        union of the ground-truth masks (N, h', w'), resized by `BCEDiceLoss` (nearest); 0 where the outputs hold no
+        semantic logits (eval outputs: validation during training, as YOLO26's)."""
+        if logits is None:
+            return masks.new_zeros(())
+        logits = logits.float()
+        targets = semantic_targets(masks, cls, batch_idx, *logits.shape[:2])  # (B, nc, h', w')
+        return self.semantic_loss(logits, targets) * self.semantic_weight

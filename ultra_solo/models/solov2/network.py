@@ -137,6 +137,14 @@ class SOLOv2Model(BaseModel):
             x = (x - self.pixel_mean) / self.pixel_std
         return super()._predict_once(x, profile, embed)
 
+    def fuse(self, verbose: bool = True, imgsz: int = 640):
+        """`BaseModel.fuse`, which also removes the head's training-only parts (the semantic head: `semantic_weight`),
+        as it removes YOLO heads' through `Detect.fuse`."""
+        proto = getattr(self.model[-1], "proto", None)
+        if getattr(proto, "semseg", None) is not None:
+            proto.fuse()
+        return super().fuse(verbose, imgsz)
+
     def info(self, detailed: bool = False, verbose: bool = True, imgsz: int | list[int] = 640):
         """Print and return (layers, parameters, gradients, GFLOPs).
 

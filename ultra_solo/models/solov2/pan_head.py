@@ -13,6 +13,9 @@ pre-crop mask logits before any training (`transfer.py`): the CoordConv input ch
 branch's first 3x3 (zero weights), the two cell-offset weights of every kernel (zero rows of `cv4[i][2]`) and, on
 YOLO11, the P4/P5 laterals into the mask features (YOLO26's `Proto26` has its own; here their BatchNorm scale and shift
 start at 0, so they output SiLU(0) = 0).
+With `semantic_weight`, the mask branch also keeps YOLO26's auxiliary semantic head (`Proto26.semseg` on the fused
+P3, and the same on YOLO11's): trained with its own loss, unused in inference and removed by `fuse()`, so it changes no
+output and a YOLO26-seg checkpoint's transfers to it.
 
 Shape shorthand in this module:
     B: images in the batch
@@ -86,6 +89,19 @@ def add_levels(feats: list[torch.Tensor], refine: nn.ModuleList) -> torch.Tensor
     return x
 
 
+def semantic_head(c_in: int, c_: int, nc: int) -> nn.Sequential:
+    """`Proto26`'s auxiliary semantic head: two 3x3 Convs to c_, then a 1x1 to nc logits, on the fused P3."""
+    return nn.Sequential(Conv(c_in, c_, 3), Conv(c_, c_, 3), nn.Conv2d(c_, nc, 1))
+
+
+def with_semantic(proto: nn.Module, mask_feats: torch.Tensor, p3: torch.Tensor):
+    """The mask branch's output: mask features, and while training with a semantic head, its logits of `p3` too
+    (checkpoints of 0.3.4 and before pickled a `SOLOProto` without the attribute)."""
+    if proto.training and getattr(proto, "semseg", None) is not None:
+        return mask_feats, proto.semseg(p3)
+    return mask_feats
+
+
 def category_branch(c_in: int, c3: int, nc: int) -> nn.Sequential:
     """YOLO11's `Detect` class branch of one level: two depthwise-separable steps to c3, then a 1x1 to nc logits."""
     branch = nn.Sequential(
@@ -115,66 +131,83 @@ def kernel_branch(
 
 
 class SOLOProto(Proto):
-    """YOLO11's `Proto` on P3, with P4/P5 laterals added to P3 first and CoordConv channels into `cv1`, both silent."""
+    """YOLO11's `Proto` on P3, with P4/P5 laterals added to P3 first and CoordConv channels into `cv1`, both silent,
+    and optionally `Proto26`'s auxiliary semantic head on that fused P3 (training only)."""
 
-    def __init__(self, ch: list[int], c_: int, c2: int):
+    def __init__(self, ch: list[int], c_: int, c2: int, nc: int = 1, semantic: bool = False):
         """Build `Proto(C_P3, c_, c2)`'s layers and the laterals.
 
         Args:
             ch (list[int]): Channels of P3, P4, P5.
             c_ (int): Intermediate channels (YOLO's npr).
             c2 (int): Mask-feature channels E (YOLO's nm).
+            nc (int): Classes of the semantic head.
+            semantic (bool): Build the semantic head (`semantic_weight`).
         """
         super().__init__(ch[0], c_, c2)
         self.cv1 = coord_conv(ch[0], c_)
         self.feat_refine = nn.ModuleList(silent(Conv(c, ch[0], 1)) for c in ch[1:])
+        self.semseg = semantic_head(ch[0], c_, nc) if semantic else None
 
-    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
-        """Mask features (B, E, H/4, W/4) from P3..P5 (B, C, H/2**(3+i), W/2**(3+i))."""
+    def forward(self, x: list[torch.Tensor]):
+        """Mask features (B, E, H/4, W/4) from P3..P5 (B, C, H/2**(3+i), W/2**(3+i)); while training with a semantic
+        head, also its logits (B, nc, H/8, W/8)."""
         p3 = add_levels(x, self.feat_refine)  # (B, C3, H/8, W/8)
-        return self.cv3(self.cv2(self.upsample(conv_with_coords(self.cv1, p3))))
+        return with_semantic(self, self.cv3(self.cv2(self.upsample(conv_with_coords(self.cv1, p3)))), p3)
+
+    def fuse(self) -> None:
+        """Remove the semantic head for inference, as `Proto26.fuse` does."""
+        self.semseg = None
 
 
 class SOLOProtoP2(SOLOProto):
     """`SOLOProto` with the trunk's stride-4 features added after its 2x upsample through a 1x1, silent at the start."""
 
-    def __init__(self, ch: list[int], c_: int, c2: int):
-        """Build `SOLOProto(ch[1:], c_, c2)` and the skip from the stride-4 row.
+    def __init__(self, ch: list[int], c_: int, c2: int, nc: int = 1, semantic: bool = False):
+        """Build `SOLOProto(ch[1:], c_, c2, nc, semantic)` and the skip from the stride-4 row.
 
         Args:
             ch (list[int]): Channels of the trunk's stride-4 row, then P3, P4, P5.
             c_ (int): Intermediate channels (YOLO's npr).
             c2 (int): Mask-feature channels E (YOLO's nm).
+            nc (int): Classes of the semantic head.
+            semantic (bool): Build the semantic head (`semantic_weight`).
         """
-        super().__init__(ch[1:], c_, c2)
+        super().__init__(ch[1:], c_, c2, nc, semantic)
         self.skip = silent(Conv(ch[0], c_, 1))
 
-    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
-        """Mask features (B, E, H/4, W/4) from the stride-4 row (B, C2, H/4, W/4) and P3..P5."""
+    def forward(self, x: list[torch.Tensor]):
+        """Mask features (B, E, H/4, W/4) from the stride-4 row (B, C2, H/4, W/4) and P3..P5 (and, training with a
+        semantic head, its logits)."""
         p3 = add_levels(x[1:], self.feat_refine)  # (B, C3, H/8, W/8)
         up = self.upsample(conv_with_coords(self.cv1, p3))  # (B, c_, H/4, W/4)
-        return self.cv3(self.cv2(up + self.skip(x[0])))
+        return with_semantic(self, self.cv3(self.cv2(up + self.skip(x[0]))), p3)
 
 
 class SOLOProto26(Proto26):
-    """YOLO26's `Proto26` with CoordConv channels into `feat_fuse` (silent), without the semantic head it trains."""
+    """YOLO26's `Proto26` with CoordConv channels into `feat_fuse` (silent); its semantic head only with
+    `semantic_weight` (else None: nothing trains it)."""
 
-    def __init__(self, ch: list[int], c_: int, c2: int):
-        """Build `Proto26(ch, c_, c2)`'s layers but its semantic-segmentation head.
+    def __init__(self, ch: list[int], c_: int, c2: int, nc: int = 1, semantic: bool = False):
+        """Build `Proto26(ch, c_, c2, nc)`'s layers, the semantic head only if `semantic`.
 
         Args:
             ch (list[int]): Channels of P3, P4, P5.
             c_ (int): Intermediate channels (YOLO's npr).
             c2 (int): Mask-feature channels E (YOLO's nm).
+            nc (int): Classes of the semantic head.
+            semantic (bool): Keep the semantic head (`semantic_weight`).
         """
-        super().__init__(ch, c_, c2, nc=1)
+        super().__init__(ch, c_, c2, nc=nc if semantic else 1)  # nc 1: the same initialisation as before it existed
         self.feat_fuse = coord_conv(ch[0], c_)
-        self.semseg = None
+        if not semantic:
+            self.semseg = None
 
-    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
-        """Mask features (B, E, H/4, W/4) from P3..P5 (B, C, H/2**(3+i), W/2**(3+i))."""
+    def forward(self, x: list[torch.Tensor]):
+        """Mask features (B, E, H/4, W/4) from P3..P5 (B, C, H/2**(3+i), W/2**(3+i)); while training with a semantic
+        head, also its logits (B, nc, H/8, W/8), as `Proto26` returns them."""
         p3 = add_levels(x, self.feat_refine)  # (B, C3, H/8, W/8)
-        return Proto.forward(self, conv_with_coords(self.feat_fuse, p3))
+        return with_semantic(self, Proto.forward(self, conv_with_coords(self.feat_fuse, p3)), p3)
 
 
 class SOLOPANHead(SOLOHead):
@@ -199,6 +232,7 @@ class SOLOPANHead(SOLOHead):
         num_grids: list[int],
         offsets: bool = False,
         offset_bias: tuple[float, float] = (0.0, 0.0),
+        semantic: bool = False,
     ):
         """Build the per-level branches and the mask-feature branch at `Segment`'s widths.
 
@@ -211,6 +245,7 @@ class SOLOPANHead(SOLOHead):
             num_grids (list[int]): Grid size S of each level (P3, P4, P5).
             offsets (bool): Kernels get two more weights, for the cell-offset terms (`layout.GridLayout`).
             offset_bias (tuple[float, float]): Their initial value (`SOLOSettings.offset_bias`).
+            semantic (bool): The mask branch gets the auxiliary semantic head (`SOLOSettings.semantic_weight`).
         """
         super().__init__()
         if len(num_grids) != 3:
@@ -221,7 +256,7 @@ class SOLOPANHead(SOLOHead):
         c3, c4 = max(levels[0], min(nc, 100)), max(levels[0] // 4, nm)  # as YOLO's Detect and Segment
         self.cv3 = nn.ModuleList(category_branch(c, c3, nc) for c in levels)
         self.cv4 = nn.ModuleList(kernel_branch(c, c4, nm, kernel_out, offset_bias) for c in levels)
-        self.proto = self.proto_class(in_channels, npr, nm)
+        self.proto = self.proto_class(in_channels, npr, nm, nc, semantic)
 
     @staticmethod
     def scale_args(args: list, width: float, max_channels: int) -> list:
@@ -232,7 +267,12 @@ class SOLOPANHead(SOLOHead):
     @classmethod
     def settings_kwargs(cls, settings: SOLOSettings) -> dict:
         """The constructor arguments this head takes from a model's `solo` settings."""
-        return {"num_grids": settings.num_grids, "offsets": settings.offsets, "offset_bias": settings.offset_bias}
+        return {
+            "num_grids": settings.num_grids,
+            "offsets": settings.offsets,
+            "offset_bias": settings.offset_bias,
+            "semantic": settings.semantic_weight > 0,
+        }
 
     @property
     def offsets(self) -> bool:
@@ -266,10 +306,11 @@ class SOLOPANHead(SOLOHead):
 
     def forward(self, feats: list[torch.Tensor]):
         """Run the head on its inputs (the neck's P3, P4, P5 last); see `head.py` for the outputs of each mode."""
-        mask_feats = self.proto(feats)  # (B, E, H/4, W/4)
+        mask_feats = self.proto(feats)  # (B, E, H/4, W/4), or with the semantic logits (B, nc, H/8, W/8) too
+        mask_feats, semantic = mask_feats if isinstance(mask_feats, tuple) else (mask_feats, None)
         grids = self.grids(feats[0])
         cls_logits, kernels = zip(*(self.level(i, x, g) for i, (x, g) in enumerate(zip(feats[-3:], grids))))
-        return self.outputs(list(cls_logits), list(kernels), mask_feats)
+        return self.outputs(list(cls_logits), list(kernels), mask_feats, semantic)
 
     def __setstate__(self, state: dict) -> None:
         """Refuse a checkpoint of the head as it was before it mirrored `Segment` (its branches had other names)."""

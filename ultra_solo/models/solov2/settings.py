@@ -40,6 +40,9 @@ class SOLOSettings:
         coverage_targets (bool): The mask loss's ground truth at input / loss_stride is each pixel's covered fraction,
             averaged from masks made at input resolution (training then reads `mask_ratio` 1), instead of a binary
             mask made at that stride; the mask probabilities can then learn where an edge lies inside a pixel.
+        semantic_weight (float): Weight of an auxiliary semantic segmentation loss (Ultralytics' `BCEDiceLoss`, as
+            YOLO26 trains its `Proto26.semseg`) on a head over the mask branch's fused P3, which predicts every class's
+            union of ground-truth masks; the head is used only in training and removed by `fuse()` (0: no such head).
         focal_alpha, focal_gamma (float): Focal loss constants.
         cls_quality (bool): The focal loss's target at a positive cell is its mask's IoU with the ground truth
             (thresholded at `mask_thr`, at the loss size, not differentiated) instead of 1, so that category scores
@@ -69,6 +72,7 @@ class SOLOSettings:
     band_weight: float = 0.0
     loss_stride: int = 4
     coverage_targets: bool = False
+    semantic_weight: float = 0.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     cls_quality: bool = False
