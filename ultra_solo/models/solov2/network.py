@@ -138,11 +138,10 @@ class SOLOv2Model(BaseModel):
         return super()._predict_once(x, profile, embed)
 
     def fuse(self, verbose: bool = True, imgsz: int = 640):
-        """`BaseModel.fuse`, which also removes the head's training-only parts (the semantic head: `semantic_weight`),
-        as it removes YOLO heads' through `Detect.fuse`."""
-        proto = getattr(self.model[-1], "proto", None)
-        if getattr(proto, "semseg", None) is not None:
-            proto.fuse()
+        """`BaseModel.fuse`, which also removes the head's training-only parts (`SOLOPANHead.fuse`), as it removes YOLO
+        heads' through `Detect.fuse`."""
+        if hasattr(self.model[-1], "fuse"):
+            self.model[-1].fuse()
         return super().fuse(verbose, imgsz)
 
     def info(self, detailed: bool = False, verbose: bool = True, imgsz: int | list[int] = 640):

@@ -279,6 +279,12 @@ class SOLOPANHead(SOLOHead):
         """Whether the kernels end with the two cell-offset weights, read off the kernel convolutions' widths."""
         return self.cv4[0][-1].out_channels == self.kernel_size + 2
 
+    def fuse(self) -> None:
+        """Remove the mask branch's training-only semantic head for inference, as `Segment.fuse` does with `Proto26`'s
+        (a checkpoint's `SOLOProto` of 0.3.4 and before has no `fuse`)."""
+        if hasattr(self.proto, "fuse"):
+            self.proto.fuse()
+
     def widened_params(self) -> dict[str, int]:
         """The parameters SOLO widened beyond `Segment`'s by two entries -> the widened dimension (`transfer.py`).
 
