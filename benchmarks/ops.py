@@ -3,7 +3,10 @@
 Each row times one choice on the inputs it was made for (medians; same process, same inputs, results checked equal):
 - `resample.above` (a comparison into the input's float dtype) vs `x > thr` into bool, and its cast to float;
 - `decode.intersections` (int8 matrix product with int32 sums) vs the float32 product of 0/1 masks;
+- `decode.block_statistics` (sigmoid, threshold, areas and sums inside the masks, 32 candidates at a time) vs each
+  step over all 500 candidates;
 - `decode.take_rows` (one `index_select`) vs `gather` with an expanded index;
+- `resample.picked_rows` (rows of a mask and, of its transpose, one gather along the columns) vs `gather` of the rows;
 - `resample.mask_boxes` (uint8 `amax`) vs `torchvision.ops.masks_to_boxes` (boolean reductions);
 - `pan_head.conv_with_coords` in inference mode (CoordConv channels' share cached per size) vs the conv over C + 2
   channels it replaces.
@@ -22,10 +25,10 @@ from timing import median_ms
 from torchvision.ops import masks_to_boxes
 from ultralytics.nn.modules import Conv
 
-from ultra_solo.models.solov2.decode import intersections, take_rows
+from ultra_solo.models.solov2.decode import block_statistics, intersections, take_rows
 from ultra_solo.models.solov2.head import with_coords
 from ultra_solo.models.solov2.pan_head import conv_with_coords
-from ultra_solo.models.solov2.resample import above, mask_boxes
+from ultra_solo.models.solov2.resample import above, mask_boxes, picked_rows
 
 
 def row(name: str, ours, plain, device: torch.device, args: argparse.Namespace) -> str:
@@ -56,15 +59,38 @@ def overlaps(gen: torch.Generator) -> list[tuple]:
     return [("intersections of 500 masks 88x88", partial(intersections, masks), plain)]
 
 
+def statistics(gen: torch.Generator) -> list[tuple]:
+    """`block_statistics` vs each step over all candidates, on 1 x 500 x 6400 mask logits (validation at imgsz 320)."""
+    logits = torch.randn(1, 500, 6400, generator=gen) * 4
+
+    def plain():
+        probs = logits.clone().sigmoid_()
+        masks = above(probs, 0.5)
+        return probs, masks, masks.sum(2), (probs * masks).sum(2)
+
+    assert all(torch.equal(a.float(), b) for a, b in zip(block_statistics(logits.clone(), 0.5), plain()))
+    return [("mask statistics of 500 candidates 80x80", lambda: block_statistics(logits.clone(), 0.5), plain)]
+
+
 def rows(gen: torch.Generator) -> list[tuple]:
-    """`take_rows` vs `gather`, 20 of 20 rows of 6400 floats."""
+    """`take_rows` vs `gather`, 20 of 20 rows of 6400 floats; `picked_rows` vs `gather`, 6 rows and 6 columns of each
+    of 300 masks 80 x 80 (validation boxes at imgsz 320)."""
     x, index = torch.rand(1, 20, 6400, generator=gen), torch.randperm(20, generator=gen)[None]
 
     def gather():
         return x.gather(1, index[..., None].expand(-1, -1, x.shape[2]))
 
     assert torch.equal(take_rows(x, index), gather())
-    return [("rows of 1x20x6400 by index", partial(take_rows, x, index), gather)]
+    out = [("rows of 1x20x6400 by index", partial(take_rows, x, index), gather)]
+    masks, lines = torch.rand(300, 80, 80, generator=gen), torch.randint(0, 80, (300, 6), generator=gen)
+    for name, probs in (("rows", masks), ("columns", masks.transpose(1, 2))):
+
+        def plain(probs=probs):
+            return probs.gather(1, lines[..., None].expand(-1, -1, 80))
+
+        assert torch.equal(picked_rows(probs, lines), plain())
+        out.append((f"6 {name} of each of 300 masks 80x80", partial(picked_rows, probs, lines), plain))
+    return out
 
 
 def boxes(gen: torch.Generator) -> list[tuple]:
@@ -104,8 +130,9 @@ def main() -> None:
     gen, device = torch.Generator().manual_seed(0), torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} runs")
     print(f"{'operation':<52}{'ours us':>10}{'plain us':>10}{'ratio':>9}")
-    for name, ours, plain in comparisons(gen) + overlaps(gen) + rows(gen) + boxes(gen) + coord_conv(gen):
-        print(row(name, ours, plain, device, args))
+    for cases in (comparisons, statistics, overlaps, rows, boxes, coord_conv):
+        for name, ours, plain in cases(gen):
+            print(row(name, ours, plain, device, args))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 
 from ultra_solo.models.solov2.decode import (
     DecodeSettings,
+    block_statistics,
     decode,
     detections,
     intersections,
@@ -235,6 +236,35 @@ def test_graph_decode_matches_python_path(nms_pre, max_det):
     end2end = DecodeSettings(LAYOUT, nms_pre=nms_pre, end2end=True)
     for (p1, c1, k1), (p2, c2, k2) in zip(detections(graph, end2end, 0.3, 3), detections(dense, settings, 0.3, 3)):
         assert torch.equal(k1, k2) and torch.allclose(c1, c2, atol=1e-6) and torch.allclose(p1, p2, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [32, 5, 1000])
+def test_block_statistics_equal_each_step_over_all_candidates(block):
+    """Sigmoid, threshold, areas and sums inside the masks, block by block: bitwise the whole-tensor steps."""
+    logits = torch.randn(2, 77, 96, generator=torch.Generator().manual_seed(block)) * 4  # (B, K, h*w), K % 32 != 0
+    logits[0, 3] = -9  # an empty mask
+    probs = logits.sigmoid()
+    masks = (probs > 0.5).float()
+    got = block_statistics(logits.clone(), 0.5, block)
+    assert got[1].dtype == torch.int8
+    for g, expected in zip(got, (probs, masks, masks.sum(2), (probs * masks).sum(2))):
+        assert torch.equal(g.float(), expected)
+
+
+@pytest.mark.parametrize("end2end", [False, True])
+def test_detections_with_masks_give_the_probabilities_above_the_threshold(end2end):
+    settings = DecodeSettings(LAYOUT, nms_pre=60, mask_thr=0.6)
+    dense = random_dense_outputs(3, torch.Generator().manual_seed(5))
+    if end2end:
+        dense, settings = decode(*dense, settings, 0.1, 30), DecodeSettings(LAYOUT, mask_thr=0.6, end2end=True)
+    found = 0
+    for plain, (probs, conf, cls, masks) in zip(
+        detections(dense, settings, 0.1, 30), detections(dense, settings, 0.1, 30, with_masks=True)
+    ):
+        found += len(conf)
+        assert all(torch.equal(a, b) for a, b in zip(plain, (probs, conf, cls)))
+        assert masks.dtype == torch.bool and torch.equal(masks, probs > 0.6)
+    assert found > 8
 
 
 def test_compact_decode_carries_only_candidates_that_can_reach_conf():

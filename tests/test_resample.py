@@ -7,9 +7,12 @@ import torch
 from torchvision.ops import masks_to_boxes
 
 from ultra_solo.models.solov2.resample import (
+    column_extremes,
     edge_boxes,
     filled_lines,
     mask_boxes,
+    picked_rows,
+    row_weights,
     upsample_masks,
     upsample_probs,
     upsampled_mask_boxes,
@@ -99,6 +102,26 @@ def test_edge_boxes_equal_upsampling_everything_where_sure(scale):
         assert sure.float().mean() > 0.9  # edges decided off a few rows are the rule, upsampling the exception
         assert torch.equal(upsampled_mask_boxes(probs, (scale * h, scale * w), 0.5), expected)
         assert torch.equal(upsampled_mask_boxes(probs, (scale * h, scale * w), 0.5, probs > 0.5), expected)
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize("w", [1, 2, 9])
+def test_row_weights_and_column_extremes_give_the_maxima_of_upsampled_rows(scale, w):
+    """Three feature rows upsampled: the 2 x scale output rows between the outer two, each with its maximum."""
+    rows = torch.rand(5, 3, w, generator=torch.Generator().manual_seed(w))  # (n, 3, w)
+    up = upsample_probs(rows, (3 * scale, w * scale))  # output rows scale / 2 + j interpolate rows 0-1, then 1-2
+    expected = up[:, scale // 2 : scale // 2 + 2 * scale].amax(2)  # (n, 2 scale)
+    got = row_weights(scale, rows.device, rows.dtype) @ rows @ column_extremes(w, scale, rows.device, rows.dtype)
+    assert torch.allclose(got.amax(2), expected, atol=1e-6)
+
+
+def test_picked_rows_of_rows_and_columns():
+    x = torch.rand(4, 9, 7, generator=torch.Generator().manual_seed(0))
+    index = torch.tensor([[0, 8, 3], [1, 1, 2], [8, 7, 6], [4, 0, 5]])
+    for probs in (x, x.transpose(1, 2)[:, :7], x[:, ::2]):  # contiguous, columns of a contiguous tensor, strided
+        i = index.clamp_max(probs.shape[1] - 1)
+        expected = torch.stack([p[r] for p, r in zip(probs, i)])
+        assert torch.equal(picked_rows(probs, i), expected)
 
 
 @pytest.mark.parametrize("h, w", [(7, 5), (16, 24), (80, 88), (255, 8), (256, 8), (3, 1)])

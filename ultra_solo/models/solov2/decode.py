@@ -161,7 +161,7 @@ def overlap_decay(inter: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor
     iou = inter / (areas[..., :, None] + areas[..., None, :] - inter).clamp_min(1)
     order = torch.arange(n, device=inter.device)
     same = labels[..., :, None] == labels[..., None, :]
-    iou = iou * ((order[:, None] < order[None, :]) & same)  # (..., n, n): only k above j, same class
+    iou = torch.where((order[:, None] < order[None, :]) & same, iou, 0.0)  # (..., n, n): only k above j, same class
     own = iou.amax(-2)  # (..., n) c_k
     if kernel == "gaussian":
         decay = torch.exp(-sigma * (iou.square() - own.square()[..., :, None]))
@@ -172,10 +172,9 @@ def overlap_decay(inter: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor
     return decay.amin(-2)
 
 
-def rescored(score: torch.Tensor, probs: torch.Tensor, masks: torch.Tensor, area: torch.Tensor, power: float):
-    """Scores (B, K) times the maskness of their masks to `power`: the mean of probabilities (B, K, P) over 0/1 masks
-    (B, K, P) of `area` (B, K) pixels. Power 1 computes SOLOv2's product in SOLOv2's order, to the last bit."""
-    inside = (probs * masks).sum(2)  # (B, K)
+def rescored(score: torch.Tensor, inside: torch.Tensor, area: torch.Tensor, power: float) -> torch.Tensor:
+    """Scores (B, K) times the maskness of their masks to `power`: the sum `inside` (B, K) of each mask's probabilities
+    over its `area` (B, K) pixels, averaged. Power 1 computes SOLOv2's product in SOLOv2's order, to the last bit."""
     if power == 1:
         return score * inside / area.clamp_min(1)
     return score * (inside / area.clamp_min(1)) ** power
@@ -191,7 +190,8 @@ def decode(
     k: int | None = None,
     agnostic: bool = False,
     compact: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    with_masks: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Decode a batch: the one decode of the Python postprocess and (with fixed sizes) of end2end graphs.
 
     Each image's top K (cell, class) candidates are rescored; a candidate scored at most `candidate_conf`, whose mask
@@ -212,10 +212,13 @@ def decode(
         agnostic (bool): Matrix NMS across classes (Ultralytics' `agnostic_nms`, `single_cls`).
         compact (bool): Drop the candidates scored 0 before Matrix NMS instead of carrying them (sizes then depend on
             the data, so graphs keep False): the same detections, with Matrix NMS over n <= K masks.
+        with_masks (bool): Also return the detections' masks, their probabilities above `settings.mask_thr`, as
+            decoding made them for Matrix NMS.
 
     Returns:
         (tuple): Scores (B, D) in descending order (0 marks an empty slot), classes (B, D) and mask probabilities
-            (B, D, h, w), D = min(max_det, K) (compact: at most the candidates left).
+            (B, D, h, w), D = min(max_det, K) (compact: at most the candidates left); with `with_masks`, bool masks
+            (B, D, h, w) too.
     """
     k = min(settings.nms_pre, scores.shape[1] * scores.shape[2], settings.nms_pre if k is None else k)
     score, cls, probs, masks, area = candidates(scores.float(), kernels.float(), mask_feats.float(), settings, conf, k)
@@ -233,8 +236,12 @@ def decode(
     score, top = score.topk(min(max_det, score.shape[1]))  # (B, D), indices into the sorted candidates
     unsorted = order.gather(1, top)  # (B, D) the same candidates before sorting, as `probs` holds them
     probs = take_rows(probs, unsorted)  # (B, D, h*w)
-    probs = probs.view(probs.shape[0], probs.shape[1], mask_feats.shape[2], mask_feats.shape[3])  # dynamic in graphs
-    return score, cls.gather(1, top), probs
+    shape = (probs.shape[0], probs.shape[1], mask_feats.shape[2], mask_feats.shape[3])  # dynamic in graphs
+    if not with_masks:
+        return score, cls.gather(1, top), probs.view(shape)
+    masks = take_rows(masks, unsorted)  # (B, D, h*w) 0/1, int8 from `block_statistics`: its bytes are bools
+    masks = masks.view(torch.bool) if masks.dtype == torch.int8 else masks.bool()
+    return score, cls.gather(1, top), probs.view(shape), masks.view(shape)
 
 
 def candidates(
@@ -252,14 +259,45 @@ def candidates(
     layout = settings.layout
     shape = layout.grid_input(input_shape(mask_feats), scores.shape[1])
     logits = layout.mask_logits(take_rows(kernels, cell), mask_feats, cell, shape).flatten(2)  # (B, K, h*w)
-    probs = logits.sigmoid_() if eager_inference(logits) else logits.sigmoid()
-    masks = above(probs, settings.mask_thr)  # (B, K, h*w) 0/1
-    area = masks.sum(2)  # (B, K)
+    if in_blocks(logits):
+        probs, masks, area, inside = block_statistics(logits, settings.mask_thr)
+    else:
+        probs = logits.sigmoid_() if eager_inference(logits) else logits.sigmoid()
+        masks = above(probs, settings.mask_thr)  # (B, K, h*w) 0/1
+        area, inside = masks.sum(2), (probs * masks).sum(2)  # (B, K)
     need = settings.candidate_conf(conf)
     kept = (score > need) & (area > layout.cell_strides(scores.device, shape)[cell])
-    score = rescored(score, probs, masks, area, settings.maskness_power)
+    score = rescored(score, inside, area, settings.maskness_power)
     kept = kept & (score >= need * (1 - 1e-6))  # margin: float rounding of conf ** (1 / exponent) ** exponent
     return torch.where(kept, score, 0.0), cls, probs, masks, area
+
+
+def in_blocks(logits: torch.Tensor) -> bool:
+    """Whether `candidates` makes masks from `logits` in blocks of candidates (`block_statistics`): on CPU, outside
+    traced or compiled graphs."""
+    return logits.device.type == "cpu" and eager_inference(logits)
+
+
+def block_statistics(logits: torch.Tensor, thr: float, block: int = 32) -> tuple[torch.Tensor, ...]:
+    """`candidates`' probabilities, 0/1 masks, areas and sums of the probabilities inside the masks from mask logits
+    (B, K, h*w), `block` candidates at a time: the very values of each step over all K candidates at once.
+
+    On CPU each such step is a pass over K x h*w values (12.8 MB of float32 for 500 masks of 80 x 80) through memory;
+    a block's (32 masks: 0.8 MB) stays in the core's cache from the sigmoid to the sums.
+
+    Returns:
+        (tuple): Probabilities (B, K, h*w) (`logits`, overwritten), int8 0/1 masks (B, K, h*w), areas (B, K) and sums
+            of the probabilities inside the masks (B, K).
+    """
+    masks = torch.empty(logits.shape, dtype=torch.int8, device=logits.device)
+    area, inside = logits.new_empty(logits.shape[:2]), logits.new_empty(logits.shape[:2])
+    for i in range(0, logits.shape[1], block):
+        rows = slice(i, i + block)
+        p = logits[:, rows].sigmoid_()  # (B, c, h*w)
+        m = above(p, thr)  # (B, c, h*w) 0/1
+        area[:, rows], masks[:, rows] = m.sum(2), m
+        inside[:, rows] = m.mul_(p).sum(2)
+    return logits, masks, area, inside
 
 
 def detections(
@@ -270,8 +308,10 @@ def detections(
     min_score: float | None = None,
     classes: list[int] | None = None,
     agnostic: bool = False,
+    with_masks: bool = False,
 ) -> list[tuple]:
-    """Detections of every image of a batch: (mask probabilities (n, h, w), scores (n,) descending, classes (n,)).
+    """Detections of every image of a batch: (mask probabilities (n, h, w), scores (n,) descending, classes (n,)), and
+    with `with_masks` their bool masks (n, h, w), the probabilities above `settings.mask_thr`.
 
     Args:
         preds: The head's dense outputs (decoded here by `decode`, image by image with as many candidates as it has
@@ -283,6 +323,7 @@ def detections(
         min_score (float, optional): Final score threshold, default `conf` (predict passes max(conf, filter_thr)).
         classes (list[int], optional): Keep only these classes (filtered before Matrix NMS, as YOLO's NMS does).
         agnostic (bool): Class-agnostic Matrix NMS.
+        with_masks (bool): Also return the masks (the validator's; decoding has them, so they cost no threshold).
     """
     min_score = conf if min_score is None else min_score
     if settings.end2end:
@@ -296,14 +337,17 @@ def detections(
         decoded, candidate_conf = [], settings.candidate_conf(conf)
         for s, ker, f in zip(scores, kernels, mask_feats):  # (R, nc), (R, C), (E, h, w) per image
             k = int((s > candidate_conf).sum())
-            image = decode(s[None], ker[None], f[None], settings, conf, max_det, k, agnostic, compact=True)
+            image = decode(s[None], ker[None], f[None], settings, conf, max_det, k, agnostic, True, with_masks)
             decoded.append([t[0] for t in image])
     out = []
-    for score, cls, probs in decoded:
+    for score, cls, probs, *masks in decoded:
         n = int(((score > 0) & (score >= min_score)).sum())  # scores descend: the detections kept come first
-        probs, score, cls = probs[:n], score[:n], cls[:n].long()  # views, no copies
+        found = [probs[:n], score[:n], cls[:n].long(), *(m[:n] for m in masks)]  # views, no copies
         if classes is not None and settings.end2end:  # end2end graphs decode every class
-            keep = torch.isin(cls, torch.tensor(classes, device=cls.device))
-            probs, score, cls = probs[keep], score[keep], cls[keep]
-        out.append((probs[:max_det], score[:max_det], cls[:max_det]))
+            keep = torch.isin(found[2], torch.tensor(classes, device=cls.device))
+            found = [x[keep] for x in found]
+        found = [x[:max_det] for x in found]
+        if with_masks and settings.end2end:
+            found.append(above(found[0], settings.mask_thr).bool())
+        out.append(tuple(found))
     return out

@@ -13,7 +13,7 @@ from ultra_solo.utils.labels import naming_non_polygon_rows
 
 from .decode import detections
 from .network import decode_settings, decoded_by_solo, solo_decoding
-from .resample import above, upsampled_mask_boxes, upsampled_masks_and_boxes
+from .resample import upsampled_mask_boxes, upsampled_masks_and_boxes
 from .settings import SOLO_ARG_DEFAULTS
 
 
@@ -72,15 +72,17 @@ class SOLOValidator(SegmentationValidator):
                 and `masks` (n, H/4, W/4), or (n, H, W) with `native_masks`.
         """
         agnostic = bool(self.args.single_cls or self.args.agnostic_nms)
-        found = detections(preds, self.decode, self.args.conf, self.args.max_det, agnostic=agnostic)
+        args = self.args
+        found = detections(preds, self.decode, args.conf, args.max_det, agnostic=agnostic, with_masks=True)
         return [self.image_prediction(*d) for d in found]
 
-    def image_prediction(self, probs: torch.Tensor, conf: torch.Tensor, cls: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One image's prediction dict from its mask probabilities (n, H/4, W/4), scores and classes (n,)."""
+    def image_prediction(
+        self, probs: torch.Tensor, conf: torch.Tensor, cls: torch.Tensor, masks: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """One image's prediction dict from its mask probabilities and bool masks (n, H/4, W/4), scores and classes."""
         size = [4 * x for x in probs.shape[1:]]  # input size: masks are at the mask-feature stride 4
         if self.native_masks:
             masks, boxes = upsampled_masks_and_boxes(probs, size, self.decode.mask_thr)  # (n, H, W), (n, 4)
         else:
-            masks = above(probs, self.decode.mask_thr).bool()  # (n, H/4, W/4)
             boxes = upsampled_mask_boxes(probs, size, self.decode.mask_thr, masks)  # boxes of the (n, H, W) masks
         return {"bboxes": boxes, "conf": conf, "cls": cls.float(), "masks": masks}
