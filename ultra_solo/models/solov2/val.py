@@ -71,8 +71,8 @@ class SOLOValidator(SegmentationValidator):
             (list[dict[str, torch.Tensor]]): `bboxes` (n, 4) xyxy in input pixels, `conf` (n,) descending, `cls` (n,)
                 and `masks` (n, H/4, W/4), or (n, H, W) with `native_masks`.
         """
-        agnostic = bool(self.args.single_cls or self.args.agnostic_nms)
         args = self.args
+        agnostic = bool(args.single_cls or args.agnostic_nms)
         found = detections(preds, self.decode, args.conf, args.max_det, agnostic=agnostic, with_masks=True)
         return [self.image_prediction(*d) for d in found]
 
