@@ -1,7 +1,9 @@
-"""The `ultra-solo` command through subprocess: train, val, predict, help/version, refused arguments."""
+"""The `ultra-solo` command through subprocess: train, val, predict, help/version, refused arguments (the console
+script on one, its entry point on all of them in one fresh interpreter)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -66,25 +68,59 @@ def test_export_onnx_then_predict(trained, coco8):
     assert (trained / "onnx" / image.name).is_file()
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["segment", "train", "model=yolo11n-solo.yaml", "epochz=3"], "'epochz' is not a valid ultra-solo argument"),
-        (["detect", "train"], "task 'detect' is not supported"),
-        (["segment", "model=solov2-n.yaml"], "no mode given"),
-        (["val", "data=x.yaml"], "'val' needs a model"),
-        (["segment", "val", "model=missing-weights.pt"], "missing-weights.pt"),
-        (["export", "model=solov2-n.yaml", "format=openvino"], "format='openvino' is not supported"),
-        (["compare", "models=yolo11n-seg.yaml,solov2-n.yaml"], "compare needs data=... and models="),
-        (["train", "models=a.yaml"], "'models' is not a valid ultra-solo argument"),
-        (["compare", f"data={COCO8}", "models=yolo11n-seg.yaml", "seeds=0,0"], "seeds=(0, 0): expected distinct"),
-        (["segment", "train", "data=coco8-seg.yaml"], "data=coco8-seg.yaml: not found on disk and could not be down"),
-    ],
-)
-def test_bad_arguments_are_refused_in_one_line(args, message, tmp_path):
-    out = ultra_solo(*args, cwd=tmp_path)
+REFUSED = [
+    (["segment", "train", "model=yolo11n-solo.yaml", "epochz=3"], "'epochz' is not a valid ultra-solo argument"),
+    (["detect", "train"], "task 'detect' is not supported"),
+    (["segment", "model=solov2-n.yaml"], "no mode given"),
+    (["val", "data=x.yaml"], "'val' needs a model"),
+    (["segment", "val", "model=missing-weights.pt"], "missing-weights.pt"),
+    (["export", "model=solov2-n.yaml", "format=openvino"], "format='openvino' is not supported"),
+    (["compare", "models=yolo11n-seg.yaml,solov2-n.yaml"], "compare needs data=... and models="),
+    (["train", "models=a.yaml"], "'models' is not a valid ultra-solo argument"),
+    (["compare", f"data={COCO8}", "models=yolo11n-seg.yaml", "seeds=0,0"], "seeds=(0, 0): expected distinct"),
+    (["segment", "train", "data=coco8-seg.yaml"], "data=coco8-seg.yaml: not found on disk and could not be down"),
+]
+
+# Runs the console script's `main` on every case in one fresh interpreter (a process per case spends most of its time
+# importing), each case's exit status and everything written to file descriptor 2 (logging included) as JSON.
+REFUSE_ALL = """
+import json, os, sys, tempfile
+from ultra_solo.cli import main
+out = []
+for args in json.loads(sys.argv[1]):
+    with tempfile.TemporaryFile() as f:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(f.fileno(), 2)
+        try:
+            status = main(args)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
+        out.append([status, f.read().decode()])
+print(json.dumps(out))
+"""
+
+
+def test_bad_arguments_are_refused_in_one_line(tmp_path):
+    cases = json.dumps([args for args, _ in REFUSED])
+    run = subprocess.run(
+        [sys.executable, "-c", REFUSE_ALL, cases], capture_output=True, text=True, cwd=tmp_path, env=os.environ
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    for (args, message), (status, err) in zip(REFUSED, results, strict=True):
+        assert status == 2, args
+        assert message in err, (args, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_the_console_script_refuses_in_one_line(tmp_path):
+    out = ultra_solo("segment", "train", "model=yolo11n-solo.yaml", "epochz=3", cwd=tmp_path)
     assert out.returncode == 2
-    assert message in out.stderr
+    assert "'epochz' is not a valid ultra-solo argument" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
