@@ -73,13 +73,15 @@ class SOLOValidator(SegmentationValidator):
         """
         args = self.args
         agnostic = bool(args.single_cls or args.agnostic_nms)
-        found = detections(preds, self.decode, args.conf, args.max_det, agnostic=agnostic, with_masks=True)
+        with_masks = not self.native_masks  # the stride-4 masks decoding made; native masks are upsampled here
+        found = detections(preds, self.decode, args.conf, args.max_det, agnostic=agnostic, with_masks=with_masks)
         return [self.image_prediction(*d) for d in found]
 
     def image_prediction(
-        self, probs: torch.Tensor, conf: torch.Tensor, cls: torch.Tensor, masks: torch.Tensor
+        self, probs: torch.Tensor, conf: torch.Tensor, cls: torch.Tensor, masks: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """One image's prediction dict from its mask probabilities and bool masks (n, H/4, W/4), scores and classes."""
+        """One image's prediction dict from its mask probabilities (n, H/4, W/4), scores and classes, and (without
+        `native_masks`) its bool masks (n, H/4, W/4)."""
         size = [4 * x for x in probs.shape[1:]]  # input size: masks are at the mask-feature stride 4
         if self.native_masks:
             masks, boxes = upsampled_masks_and_boxes(probs, size, self.decode.mask_thr)  # (n, H, W), (n, 4)
