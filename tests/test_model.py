@@ -190,7 +190,7 @@ def test_every_yolo_solo_scale_mirrors_the_seg_model(family):
             trunk = {k: v for k, v in ours.items() if not k.startswith(head)}
             assert trunk == {k: v for k, v in theirs.items() if not k.startswith(head)}, scale
             h = model.model[-1]
-            assert h.f == [16, 19, 22] and h.num_grids == [40, 20, 10]
+            assert h.f == ([2] if family == "yolo11" else []) + [16, 19, 22] and h.num_grids == [40, 20, 10]
             widened = {head + k: d for k, d in h.widened_params().items()}
             branches = [k for k in theirs if k.startswith(tuple(head + p for p in ("cv3.", "cv4.", "proto.")))]
             for k in branches:
@@ -202,7 +202,8 @@ def test_every_yolo_solo_scale_mirrors_the_seg_model(family):
                     expected[widened[k]] += 2  # two CoordConv input channels, or two cell-offset kernel weights
                 assert list(ours[k]) == expected, (scale, nc, k)
             extra = {k for k in ours if k.startswith(head)} - set(branches)
-            assert all(".feat_refine." in k for k in extra) and (family == "yolo11") == bool(extra)  # P4/P5 laterals
+            assert all(k[len(head) :].startswith(("proto.feat_refine.", "proto.skip.")) for k in extra)  # laterals, skip
+            assert (family == "yolo11") == bool(extra) == any(".skip." in k for k in extra)
         params.append(sum(p.numel() for p in model.parameters()))
     assert params == sorted(params)
 

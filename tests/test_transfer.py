@@ -16,10 +16,10 @@ from ultra_solo.models.solov2.network import SOLOv2Model
 from ultra_solo.models.solov2.pan_head import SOLOPANHead
 from ultra_solo.models.solov2.transfer import widened
 
-# family -> the log's counts per part from an 80-class checkpoint of scale n (YOLO11's mask features have 12 tensors of
-# SOLO's own: the P4/P5 laterals; YOLO26's Proto26 has its own)
+# family -> the log's counts per part from an 80-class checkpoint of scale n (YOLO11's mask features have 18 tensors of
+# SOLO's own: the P4/P5 laterals and the stride-4 skip; YOLO26's Proto26 has its own)
 COUNTS = {
-    "yolo11": "trunk 378/378, category 78/78, kernels 42/42, mask features 20/32 (12 SOLO's own)",
+    "yolo11": "trunk 378/378, category 78/78, kernels 42/42, mask features 20/38 (18 SOLO's own)",
     "yolo26": "trunk 468/468, category 78/78, kernels 42/42, mask features 38/38",
 }
 
@@ -139,7 +139,7 @@ def test_trunk_only_setting_keeps_the_head_from_scratch(tmp_path):
     model.load(str(file))
     assert model.model.weights_source == (
         f"SegmentationModel checkpoint {file}: trunk 378/378, category 0/78, kernels 0/42, "
-        "mask features 0/32 (12 SOLO's own) (trunk only: transfer_head false)"
+        "mask features 0/38 (18 SOLO's own) (trunk only: transfer_head false)"
     )
     assert all(torch.equal(v, scratch[k]) for k, v in model.model.model[-1].state_dict().items())
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.3.6"
+__version__ = "0.4.0"
 __all__ = ["SOLO", "__version__"]
 
 
