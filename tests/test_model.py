@@ -202,7 +202,8 @@ def test_every_yolo_solo_scale_mirrors_the_seg_model(family):
                     expected[widened[k]] += 2  # two CoordConv input channels, or two cell-offset kernel weights
                 assert list(ours[k]) == expected, (scale, nc, k)
             extra = {k for k in ours if k.startswith(head)} - set(branches)
-            assert all(k[len(head) :].startswith(("proto.feat_refine.", "proto.skip.")) for k in extra)  # laterals, skip
+            own = ("proto.feat_refine.", "proto.skip.")  # YOLO11's P4/P5 laterals and stride-4 skip
+            assert all(k[len(head) :].startswith(own) for k in extra)
             assert (family == "yolo11") == bool(extra) == any(".skip." in k for k in extra)
         params.append(sum(p.numel() for p in model.parameters()))
     assert params == sorted(params)
