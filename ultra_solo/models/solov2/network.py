@@ -277,11 +277,12 @@ def register_safe_globals() -> None:
     from torchvision.ops.misc import Conv2dNormActivation
 
     from .head import InstanceBranch, MaskFeatureBranch
-    from .pan_head import SOLOProto, SOLOProto26
+    from .pan_head import SOLOProto, SOLOProto26, SOLOProtoP2
 
     torch.serialization.add_safe_globals(
         [SOLOv2Model, SOLOv2Head, InstanceBranch, MaskFeatureBranch, FeaturePyramidNetwork, LastLevelMaxPool,
-         Conv2dNormActivation, BasicBlock, Bottleneck, SOLOPANHead, SOLOPANHead26, SOLOProto, SOLOProto26]
+         Conv2dNormActivation, BasicBlock, Bottleneck, SOLOPANHead, SOLOPANHead26, SOLOPANHeadP2, SOLOProto,
+         SOLOProto26, SOLOProtoP2]
     )  # fmt: skip
 
 

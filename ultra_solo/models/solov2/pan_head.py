@@ -12,7 +12,8 @@ What SOLO adds starts at zero contribution, so a model that took a YOLO checkpoi
 pre-crop mask logits before any training (`transfer.py`): the CoordConv input channels of `cv4[i][0]` and of the mask
 branch's first 3x3 (zero weights), the two cell-offset weights of every kernel (zero rows of `cv4[i][2]`) and, on
 YOLO11, the P4/P5 laterals into the mask features (YOLO26's `Proto26` has its own; here their BatchNorm scale and shift
-start at 0, so they output SiLU(0) = 0).
+start at 0, so they output SiLU(0) = 0) and yolo11-solo's skip from the trunk's stride-4 row (`SOLOPANHeadP2`, silent
+the same way).
 With `semantic_weight`, the mask branch also keeps YOLO26's auxiliary semantic head (`Proto26.semseg` on the fused
 P3, and the same on YOLO11's): trained with its own loss, unused in inference and removed by `fuse()`, so it changes no
 output and a YOLO26-seg checkpoint's transfers to it.
