@@ -277,12 +277,11 @@ def register_safe_globals() -> None:
     from torchvision.ops.misc import Conv2dNormActivation
 
     from .head import InstanceBranch, MaskFeatureBranch
-    from .pan_head import SOLOProto, SOLOProto26, SOLOProtoP2
 
+    protos = [h.proto_class for h in HEADS.values() if hasattr(h, "proto_class")]  # every head's mask branch
     torch.serialization.add_safe_globals(
-        [SOLOv2Model, SOLOv2Head, InstanceBranch, MaskFeatureBranch, FeaturePyramidNetwork, LastLevelMaxPool,
-         Conv2dNormActivation, BasicBlock, Bottleneck, SOLOPANHead, SOLOPANHead26, SOLOPANHeadP2, SOLOProto,
-         SOLOProto26, SOLOProtoP2]
+        [SOLOv2Model, *HEADS.values(), *protos, InstanceBranch, MaskFeatureBranch, FeaturePyramidNetwork,
+         LastLevelMaxPool, Conv2dNormActivation, BasicBlock, Bottleneck]
     )  # fmt: skip
 
 
