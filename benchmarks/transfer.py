@@ -18,7 +18,7 @@ at batch 8 (2,560 iterations) at imgsz 320, validation only at the end. 80 epoch
 checkpoint whose head had learned almost nothing to transfer (mask mAP50 0.012 on coco128-seg); twice as many cost about
 an hour here. The checkpoint's own mask mAP on coco128-seg is printed before the comparison.
 
-Run (hours on 2 CPU cores: the checkpoint, then three 10-epoch trainings):
+Run (hours on 2 CPU cores: the checkpoint, then three 10-epoch trainings; `--seeds 0,1` trains each model per seed):
     YOLO_OFFLINE=1 python benchmarks/transfer.py --project /abs/path/runs/transfer
 """
 
@@ -49,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", help="e.g. 0,1: every model once per seed (compare's seeds)")
     parser.add_argument("--name", default="fine-tune", help="the compare folder under --project")
     parser.add_argument("--models", nargs="+", default=MODELS, help="model YAMLs, the first the reference (default: "
                         "YOLO11n-seg, yolo11n-solo, trunk-only); more rows join the same folder")  # fmt: skip
@@ -76,8 +77,9 @@ def main() -> None:
     metrics = YOLO(str(checkpoint)).val(data=args.source_data, imgsz=args.imgsz, batch=args.batch, plots=False,
                                         single_cls=single_cls)  # fmt: skip
     print(f"checkpoint {checkpoint}: mask mAP50 {metrics.seg.map50:.3f}, mAP50-95 {metrics.seg.map:.3f} on the source")
+    seeds = {"seeds": args.seeds} if args.seeds else {"seed": args.seed}
     folder = compare(data=args.data, models=args.models, name=args.name, project=project, pretrained=str(checkpoint),
-                     epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed)  # fmt: skip
+                     epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, **seeds)  # fmt: skip
     print((folder / "report.md").read_text())
 
 

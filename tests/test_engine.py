@@ -14,6 +14,7 @@ from ultralytics.utils.metrics import SegmentMetrics
 from ultra_solo import SOLO
 from ultra_solo.models.solov2.network import SOLOv2Model
 from ultra_solo.models.solov2.train import SOLOTrainer
+from ultra_solo.models.solov2.val import SOLOMetrics
 
 from .conftest import NO_AUGMENT
 
@@ -42,6 +43,7 @@ def test_training_writes_what_yolo_writes(run):
     for name in ("results.png", "val_batch0_pred.jpg", "val_batch0_labels.jpg", "weights/best.pt", "weights/last.pt"):
         assert (save_dir / name).is_file(), name
     assert set(SegmentMetrics().keys) <= set(metrics.results_dict)
+    assert isinstance(metrics, SOLOMetrics)  # best.pt chosen by mask mAP50-95 alone
 
 
 def test_val_of_best_checkpoint_reproduces_the_trainers_final_validation(overfit, coco8_train_as_val, tmp_path):

@@ -5,13 +5,15 @@ At imgsz 640 every coco8-seg val instance is larger than the 8 px small-mask fil
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.utils import ops
+from ultralytics.utils.metrics import SegmentMetrics
 
 from ultra_solo.models.solov2.network import SOLOv2Model
-from ultra_solo.models.solov2.val import SOLOValidator
+from ultra_solo.models.solov2.val import SOLOMetrics, SOLOValidator
 from ultra_solo.utils.masks import instance_masks
 
 
@@ -54,3 +56,15 @@ def test_ground_truth_scores_full_map(coco8, tmp_path, native):
     assert validator.seen == 4
     assert stats["metrics/mAP50-95(M)"] >= 0.99
     assert stats["metrics/mAP50(B)"] >= 0.99  # boxes enclose the decoded masks
+    assert stats["fitness"] == stats["metrics/mAP50-95(M)"]  # SOLOMetrics: best.pt by the masks alone
+
+
+def test_fitness_is_mask_map_alone():
+    """Ultralytics' segment fitness adds box and mask mAP50-95; SOLO's, whose boxes are its masks' extents, is the
+    mask mAP50-95 alone, so best.pt is the epoch with the best masks."""
+    metrics = SOLOMetrics()
+    metrics.box.all_ap = np.full((1, 10), 0.4)  # (classes, IoU thresholds)
+    metrics.seg.all_ap = np.linspace(0.2, 0.6, 10)[None]
+    assert metrics.fitness == pytest.approx(0.4)
+    assert metrics.results_dict["fitness"] == pytest.approx(0.4)
+    assert SegmentMetrics.fitness.fget(metrics) == pytest.approx(0.8)  # what Ultralytics' own would say

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.nn.tasks import load_checkpoint
+from ultralytics.utils.metrics import SegmentMetrics
 
 from ultra_solo.utils.labels import naming_non_polygon_rows
 
@@ -17,13 +18,29 @@ from .resample import upsampled_mask_boxes, upsampled_masks_and_boxes
 from .settings import SOLO_ARG_DEFAULTS
 
 
+class SOLOMetrics(SegmentMetrics):
+    """Ultralytics' segmentation metrics, with a fitness of mask mAP50-95 alone.
+
+    Ultralytics' segment fitness adds box and mask mAP50-95, and the trainer keeps the epoch with the highest fitness
+    as `best.pt`. A SOLO model's boxes are its masks' extents, not a second prediction, so the box term only re-weighs
+    the masks by how tight their extremes are: on a fine-tuning run it picked the epoch with the lower mask mAP (README,
+    "Fine-tuning from a YOLO-seg checkpoint"). Every metric reported is unchanged.
+    """
+
+    @property
+    def fitness(self) -> float:
+        """Mask mAP50-95: what `best.pt` and early stopping are chosen by."""
+        return self.seg.fitness()
+
+
 class SOLOValidator(SegmentationValidator):
     """Validator for SOLO models: same ground truth, matching and mask/box mAP as YOLO-seg; only `postprocess` differs.
 
     Decoding keeps detections down to `conf` (0.001), as YOLO's validation does (SOLO's `filter_thr` is a predict
     default), and runs Matrix NMS across classes with `single_cls` or `agnostic_nms`, as YOLO's NMS does. Like the
     trainer, it defaults Ultralytics' arguments as `SOLO_ARG_DEFAULTS` says (`overlap_mask=False`), so `val()` on a
-    checkpoint scores against the same full (unoccluded) instance masks as validation during training.
+    checkpoint scores against the same full (unoccluded) instance masks as validation during training. Its fitness
+    is mask mAP50-95 alone (`SOLOMetrics`).
     """
 
     def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks: dict | None = None) -> None:
@@ -31,6 +48,7 @@ class SOLOValidator(SegmentationValidator):
         if args is None or isinstance(args, dict):
             args = {**SOLO_ARG_DEFAULTS, **(args or {})}
         super().__init__(dataloader, save_dir, args, _callbacks)
+        self.metrics = SOLOMetrics()
 
     def __call__(self, trainer=None, model=None, **kwargs):
         """Validate; the trainer's EMA is marked as read by SOLO's decoding for this validation only."""
