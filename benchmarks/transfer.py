@@ -48,8 +48,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", help="e.g. 0,1: every model once per seed (compare's seeds)")
+    seeding = parser.add_mutually_exclusive_group()
+    seeding.add_argument("--seed", type=int, default=0)
+    seeding.add_argument("--seeds", help="e.g. 0,1: every model once per seed (compare's seeds), not with --seed")
     parser.add_argument("--name", default="fine-tune", help="the compare folder under --project")
     parser.add_argument("--models", nargs="+", default=MODELS, help="model YAMLs, the first the reference (default: "
                         "YOLO11n-seg, yolo11n-solo, trunk-only); more rows join the same folder")  # fmt: skip

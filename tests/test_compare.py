@@ -14,7 +14,7 @@ from ultralytics.data.utils import check_det_dataset
 from ultralytics.utils import YAML
 
 from ultra_solo.compare import compare
-from ultra_solo.compare.args import ArgumentMismatchError, SeedsError, check_same_args
+from ultra_solo.compare.args import ArgumentMismatchError, SeedsError, absolute_file, check_same_args
 from ultra_solo.compare.cocoeval import class_names, coco_metrics, ground_truth, val_dataset
 from ultra_solo.compare.pictures import best_matches
 from ultra_solo.compare.speed import inference_latency
@@ -32,6 +32,21 @@ def test_identity_check_names_the_differing_key(tmp_path):
     YAML.save(tmp_path / "b.yaml", {**base, "model": "b.yaml", "mosaic": 0.0})
     with pytest.raises(ArgumentMismatchError, match="'mosaic'"):
         check_same_args({"a": tmp_path / "a.yaml", "b": tmp_path / "b.yaml"})
+
+
+def test_identity_check_takes_one_file_spelled_two_ways(tmp_path, monkeypatch):
+    data = tmp_path / "data.yaml"
+    data.write_text("names: [a]\n")
+    base = {"model": "a.yaml", "epochs": 10}
+    YAML.save(tmp_path / "a.yaml", {**base, "data": str(data)})
+    YAML.save(tmp_path / "b.yaml", {**base, "data": "data.yaml"})  # the same file, relative to the working directory
+    monkeypatch.chdir(tmp_path)
+    assert check_same_args({"a": tmp_path / "a.yaml", "b": tmp_path / "b.yaml"})["epochs"] == 10
+    (tmp_path / "other.yaml").write_text("names: [b]\n")
+    YAML.save(tmp_path / "b.yaml", {**base, "data": "other.yaml"})
+    with pytest.raises(ArgumentMismatchError, match="'data'"):
+        check_same_args({"a": tmp_path / "a.yaml", "b": tmp_path / "b.yaml"})
+    assert absolute_file("data.yaml") == str(data.resolve()) and absolute_file("coco8-seg.yaml") == "coco8-seg.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -35,9 +35,26 @@ def check_same_args(files: dict[str, Path], per_run: set[str] | frozenset[str] =
     (first, reference), *others = args.items()
     for name, a in others:
         for key in sorted(reference.keys() | a.keys()):
-            if reference.get(key) != a.get(key):
+            if not same_value(reference.get(key), a.get(key)):
                 raise ArgumentMismatchError(
                     f"runs differ in '{key}': {first} has {reference.get(key)!r}, {name} has {a.get(key)!r} "
                     f"({files[first]} vs {files[name]}); a fair comparison needs identical arguments"
                 )
     return reference
+
+
+def same_value(a, b) -> bool:
+    """Whether two runs' values of a key agree: equal, or two spellings (relative, absolute) of one existing file, as
+    when a comparison is resumed from another directory."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str)):
+        return False
+    pa, pb = Path(a), Path(b)
+    return pa.is_file() and pb.is_file() and pa.resolve() == pb.resolve()
+
+
+def absolute_file(value):
+    """`value` as an absolute path if it names an existing file (a dataset YAML, a checkpoint), else unchanged: runs
+    then record where their data came from, whatever directory the comparison is resumed from."""
+    return str(Path(value).resolve()) if isinstance(value, str) and Path(value).is_file() else value

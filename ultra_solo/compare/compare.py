@@ -24,7 +24,7 @@ from ultra_solo.models.solov2.cfg import find_model_yaml
 from ultra_solo.models.solov2.model import SOLO
 from ultra_solo.models.solov2.settings import SOLO_ARG_DEFAULTS
 
-from .args import SeedsError, check_same_args
+from .args import SeedsError, absolute_file, check_same_args
 from .bootstrap import paired_bootstrap
 from .cocoeval import COCOScores, class_names, coco_scores_from_file, ground_truth, val_dataset, with_coco_predictions
 from .pictures import write_predictions
@@ -221,6 +221,7 @@ def compare(
     check_dict_alignment(DEFAULT_CFG_DICT, train_args)
     seed_list = parse_seeds(seeds, train_args)
     train_args = {**SHARED_DEFAULTS, **train_args, "data": data}
+    train_args |= {k: absolute_file(train_args[k]) for k in ("data", "pretrained") if k in train_args}  # any cwd
     runs = [Run(spec, folder, seed) for spec in specs for seed in seed_list]
     if len({r.name for r in runs}) != len(runs):
         raise ValueError(f"models {specs} must have distinct file names: each gets the folder {folder}/<name>")
