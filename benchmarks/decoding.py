@@ -2,9 +2,10 @@
 
 Each variant changes keys of the model YAML's `solo` block that only decoding reads (`mask_thr`, the probability above
 which an upsampled pixel belongs to a mask; `maskness_power`, how strongly a mask's mean probability rescores it;
-`sigma`, `kernel`, `nms_pre`). Every variant is scored with one validator configuration (compare's: `overlap_mask=True`,
-native-resolution masks for faster-coco-eval), so the table says whether other settings than the trained model's rank
-and cut its masks better.
+`sigma`, `kernel`, `nms_pre`; `vote_thr`, mask voting). `--reference` changes the first row, the reference of `--folds`
+(e.g. `vote_thr=0`: without mask voting). Every variant is scored with one validator configuration (compare's:
+`overlap_mask=True`, native-resolution masks for faster-coco-eval), so the table says whether other settings than the
+trained model's rank and cut its masks better.
 
 Run (a minute or two per variant on 2 CPU cores at imgsz 320):
     YOLO_OFFLINE=1 python benchmarks/decoding.py --model runs/compare/exp/yolo11n-solo/weights/best.pt \\
@@ -31,7 +32,7 @@ from ultra_solo.compare.cocoeval import (
 )
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-DECODING_KEYS = ("mask_thr", "maskness_power", "sigma", "kernel", "nms_pre")
+DECODING_KEYS = ("mask_thr", "maskness_power", "sigma", "kernel", "nms_pre", "vote_thr")
 
 
 def variant(text: str) -> dict:
@@ -62,6 +63,12 @@ def parse_args() -> argparse.Namespace:
             for v in ("mask_thr=0.4", "mask_thr=0.6", "maskness_power=1", "maskness_power=4", "maskness_power=8")
         ],
         help="decoding settings to score besides the model's own, e.g. mask_thr=0.4 maskness_power=2,mask_thr=0.45",
+    )
+    parser.add_argument(
+        "--reference",
+        type=variant,
+        default={},
+        help="decoding keys the first row, the reference of --folds, changes from the model's own, e.g. vote_thr=0",
     )
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
@@ -105,7 +112,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     scores = {}
-    for i, changes in enumerate([{}, *args.variants]):
+    for i, changes in enumerate([args.reference, *args.variants]):
         model.model.yaml["solo"] = {**solo, **changes}
         metrics = model.val(
             validator=validator, data=args.data, imgsz=args.imgsz, batch=args.batch, overlap_mask=True, plots=False,

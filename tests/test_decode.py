@@ -183,8 +183,29 @@ def brute_force_decode(scores, kernels, feats, settings, conf, max_det, agnostic
         return []
     labels = [0 if agnostic else f[1] for f in found]
     decay = brute_force_decay(torch.stack([f[3].flatten() for f in found]), labels, settings.kernel, settings.sigma)
-    kept = sorted(((float(s * d) ** exponent, c, p) for (s, c, p, _), d in zip(found, decay)), key=lambda f: -f[0])
+    kept = sorted(
+        ((float(s * d) ** exponent, c, brute_force_vote(found, i, labels, settings.vote_thr, conf ** (1 / exponent)))
+         for i, ((s, c, _, _), d) in enumerate(zip(found, decay))),
+        key=lambda f: -f[0],
+    )  # fmt: skip
     return [f for f in kept if f[0] >= conf][:max_det]
+
+
+def brute_force_vote(found: list, i: int, labels: list, thr: float, need: float) -> torch.Tensor:
+    """Candidate i's probabilities after mask voting: the mean of the probabilities of the candidates of its class
+    that can reach conf (score at least `need`) whose masks overlap its own with IoU above `thr`, weighted by their
+    scores; its own probabilities without voting (`thr` 0)."""
+    if not thr:
+        return found[i][2]
+    mask = found[i][3]
+    votes = [
+        (s, p)
+        for j, (s, _, p, m) in enumerate(found)
+        if labels[j] == labels[i] and s >= need and float((mask & m).sum() / (mask | m).sum()) > thr
+    ]
+    if not votes:  # it cannot reach conf itself: not a detection
+        return found[i][2]
+    return sum(s * p for s, p in votes) / sum(s for s, _ in votes)
 
 
 @pytest.mark.parametrize("power", [1, 2, 6])
@@ -196,11 +217,20 @@ def test_score_exponent_keeps_solov2s_scale_at_the_anchor(power):
 
 
 @pytest.mark.parametrize(
-    "agnostic, offsets, power",
-    [(False, False, 1), (True, False, 1), (False, True, 1), (False, False, 2), (False, True, 6)],
+    "agnostic, offsets, power, vote",
+    [
+        (False, False, 1, 0.0),
+        (True, False, 1, 0.0),
+        (False, True, 1, 0.0),
+        (False, False, 2, 0.0),
+        (False, True, 6, 0.0),
+        (False, True, 6, 0.314),
+        (True, False, 1, 0.512),
+    ],
 )
-def test_decode_matches_brute_force(agnostic, offsets, power):
-    settings = DecodeSettings(GridLayout((4, 2), (8, 16), offsets), nms_pre=60, maskness_power=power)
+def test_decode_matches_brute_force(agnostic, offsets, power, vote):
+    layout = GridLayout((4, 2), (8, 16), offsets)
+    settings = DecodeSettings(layout, nms_pre=60, maskness_power=power, vote_thr=vote)
     scores, kernels, feats = random_dense_outputs(3, torch.Generator().manual_seed(3))
     if offsets:  # two more kernel weights, mostly negative: masks fade with the distance from their cell
         kernels = torch.cat(
@@ -215,13 +245,19 @@ def test_decode_matches_brute_force(agnostic, offsets, power):
         assert cls.tolist() == [e[1] for e in expected]
         assert all(torch.allclose(p, e[2], atol=1e-6) for p, e in zip(probs, expected))
     assert found > 8
+    if vote:  # the voted masks are not the candidates' own
+        plain = detections(dense, DecodeSettings(layout, nms_pre=60, maskness_power=power), 0.1, 30, agnostic=agnostic)
+        voted = detections(dense, settings, 0.1, 30, agnostic=agnostic)
+        assert sum(not torch.equal(a[0], b[0]) for a, b in zip(plain, voted)) >= 2
+        assert all(torch.equal(a[1], b[1]) for a, b in zip(plain, voted))  # scores unchanged
 
 
-@pytest.mark.parametrize("nms_pre, max_det", [(60, 100), (30, 100), (60, 5)])
-def test_graph_decode_matches_python_path(nms_pre, max_det):
+@pytest.mark.parametrize("nms_pre, max_det, vote", [(60, 100, 0.0), (30, 100, 0.0), (60, 5, 0.0), (60, 100, 0.314)])
+def test_graph_decode_matches_python_path(nms_pre, max_det, vote):
     """The end2end graph's decode (K = nms_pre for every image) gives the Python path's detections (K = candidates
-    above conf), padded with zero scores; decoded at conf 0.1 and then filtered at 0.3, the detections of conf 0.3."""
-    settings = DecodeSettings(LAYOUT, nms_pre=nms_pre)
+    above conf), padded with zero scores; decoded at conf 0.1 and then filtered at 0.3, the detections of conf 0.3
+    (with mask voting their masks differ: the candidates that can reach conf 0.1 vote too)."""
+    settings = DecodeSettings(LAYOUT, nms_pre=nms_pre, vote_thr=vote)
     dense = random_dense_outputs(4, torch.Generator().manual_seed(2))
     graph = decode(*dense, settings, conf=0.1, max_det=max_det)
     assert graph[0].shape == graph[1].shape == (4, min(max_det, nms_pre)) and graph[2].shape[2:] == (16, 16)
@@ -233,9 +269,10 @@ def test_graph_decode_matches_python_path(nms_pre, max_det):
         assert torch.allclose(graph[0][i, :n], conf, atol=1e-6) and torch.equal(graph[1][i, :n], cls)
         assert torch.allclose(graph[2][i, :n], probs, atol=1e-6)
     assert found > 8
-    end2end = DecodeSettings(LAYOUT, nms_pre=nms_pre, end2end=True)
+    end2end = DecodeSettings(LAYOUT, nms_pre=nms_pre, vote_thr=vote, end2end=True)
     for (p1, c1, k1), (p2, c2, k2) in zip(detections(graph, end2end, 0.3, 3), detections(dense, settings, 0.3, 3)):
-        assert torch.equal(k1, k2) and torch.allclose(c1, c2, atol=1e-6) and torch.allclose(p1, p2, atol=1e-6)
+        assert torch.equal(k1, k2) and torch.allclose(c1, c2, atol=1e-6)
+        assert vote or torch.allclose(p1, p2, atol=1e-6)
 
 
 @pytest.mark.parametrize("block", [32, 5, 1000])
@@ -251,9 +288,9 @@ def test_block_statistics_equal_each_step_over_all_candidates(block):
         assert torch.equal(g.float(), expected)
 
 
-@pytest.mark.parametrize("end2end", [False, True])
-def test_detections_with_masks_give_the_probabilities_above_the_threshold(end2end):
-    settings = DecodeSettings(LAYOUT, nms_pre=60, mask_thr=0.6)
+@pytest.mark.parametrize("end2end, vote", [(False, 0.0), (True, 0.0), (False, 0.314)])
+def test_detections_with_masks_give_the_probabilities_above_the_threshold(end2end, vote):
+    settings = DecodeSettings(LAYOUT, nms_pre=60, mask_thr=0.6, vote_thr=vote)
     dense = random_dense_outputs(3, torch.Generator().manual_seed(5))
     if end2end:
         dense, settings = decode(*dense, settings, 0.1, 30), DecodeSettings(LAYOUT, mask_thr=0.6, end2end=True)

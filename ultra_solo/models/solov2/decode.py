@@ -4,9 +4,10 @@ Per image: category-score threshold (`DecodeSettings.candidate_conf` of Ultralyt
 class) candidates -> dynamic 1x1 convolution (`GridLayout.mask_logits`) -> mask threshold -> drop masks no larger than
 their level's stride -> maskness rescoring -> drop rescored scores that can no longer reach `conf` -> Matrix NMS ->
 back to SOLOv2's score scale (`score_exponent`) -> scores of at least `conf` (predict: max(conf, filter_thr)) ->
-`max_det`. The 2x2 point NMS runs in the head, so exported graphs include it. One function, `decode`, does this for a
-whole batch: end2end graphs run it with fixed sizes, and the Python postprocess runs it image by image with only the
-candidates above that threshold and Matrix NMS over only the rescored candidates left.
+`max_det` -> mask voting (`vote_thr`: each detection's probabilities averaged with those of its duplicates among the
+candidates, by score). The 2x2 point NMS runs in the head, so exported graphs include it. One function, `decode`,
+does this for a whole batch: end2end graphs run it with fixed sizes, and the Python postprocess runs it image by image
+with only the candidates above that threshold and Matrix NMS over only the rescored candidates left.
 
 Shape shorthand in this module:
     B: images; R: grid cells over all levels; nc: number of classes; E: mask-feature channels
@@ -42,13 +43,15 @@ class DecodeSettings:
     kernel: str = "gaussian"
     sigma: float = 2.0
     filter_thr: float = 0.05
+    vote_thr: float = 0.0  # off here; a model's comes from its `SOLOSettings` (0.7 unless its YAML says otherwise)
     end2end: bool = False  # outputs are an end2end export's decoded detections, not dense outputs
 
     @classmethod
     def from_settings(cls, settings: SOLOSettings, layout: GridLayout) -> DecodeSettings:
         """The decoding part of a model's settings, with its head's layout."""
         constants = {
-            k: getattr(settings, k) for k in ("nms_pre", "mask_thr", "maskness_power", "kernel", "sigma", "filter_thr")
+            k: getattr(settings, k)
+            for k in ("nms_pre", "mask_thr", "maskness_power", "kernel", "sigma", "filter_thr", "vote_thr")
         }
         return cls(layout, end2end=settings.end2end is not None, **constants)
 
@@ -229,19 +232,94 @@ def decode(
     inter = sorted_intersections(masks, order)  # (B, n, n) in score order
     area, cls = area.gather(1, order), cls.gather(1, order)
     labels = torch.zeros_like(cls) if agnostic else cls  # one class for Matrix NMS: every mask decays every other
+    before = score  # (B, n) the candidates' scores before Matrix NMS: their weights in mask voting
     score = score * overlap_decay(inter, labels, area, settings.kernel, settings.sigma)
     if settings.maskness_power != 1:
         score = score**settings.score_exponent
     score = torch.where(score >= conf, score, 0.0)
     score, top = score.topk(min(max_det, score.shape[1]))  # (B, D), indices into the sorted candidates
     unsorted = order.gather(1, top)  # (B, D) the same candidates before sorting, as `probs` holds them
-    probs = take_rows(probs, unsorted)  # (B, D, h*w)
-    shape = (probs.shape[0], probs.shape[1], mask_feats.shape[2], mask_feats.shape[3])  # dynamic in graphs
+    shape = (top.shape[0], top.shape[1], mask_feats.shape[2], mask_feats.shape[3])  # dynamic in graphs
+    if settings.vote_thr:
+        weights = vote_weights(inter, area, labels, before, top, settings.vote_thr)  # (B, D, n)
+        probs = voted_probs(probs, order, unsorted, weights)  # (B, D, h*w)
+        masks = above(probs, settings.mask_thr) if with_masks else None
+    else:
+        probs = take_rows(probs, unsorted)  # (B, D, h*w)
+        masks = take_rows(masks, unsorted) if with_masks else None  # 0/1, int8 from `block_statistics`
     if not with_masks:
         return score, cls.gather(1, top), probs.view(shape)
-    masks = take_rows(masks, unsorted)  # (B, D, h*w) 0/1, int8 from `block_statistics`: its bytes are bools
-    masks = masks.view(torch.bool) if masks.dtype == torch.int8 else masks.bool()
+    masks = masks.view(torch.bool) if masks.dtype == torch.int8 else masks.bool()  # int8's bytes are bools
     return score, cls.gather(1, top), probs.view(shape), masks.view(shape)
+
+
+def vote_weights(
+    inter: torch.Tensor, area: torch.Tensor, labels: torch.Tensor, score: torch.Tensor, top: torch.Tensor, thr: float
+) -> torch.Tensor:
+    """Mask voting's weights (B, D, n): for each detection, the scores of the candidates of its class whose masks
+    overlap its own with IoU above `thr`, itself included; 0 elsewhere.
+
+    Args:
+        inter (torch.Tensor): (B, n, n) intersections of the candidates in score order, valid on and above the
+            diagonal (`sorted_intersections`).
+        area (torch.Tensor): (B, n) their areas. labels (torch.Tensor): (B, n) their Matrix NMS classes.
+        score (torch.Tensor): (B, n) their scores before Matrix NMS (0: dropped candidates, which do not vote).
+        top (torch.Tensor): (B, D) the detections, as positions among the n.
+        thr (float): `DecodeSettings.vote_thr`.
+    """
+    n = inter.shape[-1]
+    pick = top[..., None].expand(-1, -1, n)  # (B, D, n)
+    rows, cols = inter.gather(1, pick), inter.transpose(1, 2).gather(1, pick)  # inter[t, j], inter[j, t]
+    later = torch.arange(n, device=top.device) >= top[..., None]  # (B, D, n): j at or after the detection t
+    counts = torch.where(later, rows, cols)  # (B, D, n) each pair read where it was counted
+    area = area.float()
+    own = area.gather(1, top)[..., None]  # (B, D, 1)
+    iou = counts / (own + area[:, None] - counts).clamp_min(1)
+    same = labels.gather(1, top)[..., None] == labels[:, None]  # (B, D, n)
+    return torch.where((iou > thr) & same, score[:, None], 0.0)
+
+
+def voted_probs(probs: torch.Tensor, order: torch.Tensor, unsorted: torch.Tensor, weights: torch.Tensor):
+    """Mask voting (FCIS, MNC): each detection's probabilities (B, D, h*w), the mean of its voters' probabilities
+    weighted by `vote_weights` (B, D, n); a detection without voters keeps its own.
+
+    Args:
+        probs (torch.Tensor): (B, K, h*w) every candidate's probabilities, as `candidates` made them.
+        order (torch.Tensor): (B, n) the candidates in score order, indices into K.
+        unsorted (torch.Tensor): (B, D) the detections, indices into K.
+        weights (torch.Tensor): (B, D, n) from `vote_weights`.
+    """
+    total = weights.sum(2, keepdim=True)  # (B, D, 1)
+    own = take_rows(probs, unsorted)  # (B, D, h*w)
+    if eager_inference(probs) and probs.shape[0] == 1:
+        return sparse_vote(probs[0], order[0], weights[0] / total[0].clamp_min(1e-12), own[0])[None]
+    pooled = (weights / total.clamp_min(1e-12)) @ take_rows(probs, order)  # (B, D, h*w)
+    return torch.where(total > 0, pooled, own)
+
+
+def sparse_vote(
+    probs: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, own: torch.Tensor, chunk: int = 64
+) -> torch.Tensor:
+    """`voted_probs` of one image on CPU: only the detections with voters besides themselves are pooled, voter by
+    voter, `chunk` (detection, voter) pairs at a time (each detection has a few voters, so the (D, n) weights are
+    mostly 0: about 3x faster than their dense product at conf 0.001).
+
+    Args:
+        probs (torch.Tensor): (K, h*w) the candidates' probabilities. order (torch.Tensor): (n,) sorted -> K.
+        weights (torch.Tensor): (D, n) normalised voting weights. own (torch.Tensor): (D, h*w) the detections' own
+            probabilities, overwritten with the pooled ones.
+    """
+    pooled = ((weights > 0).sum(1) > 1).nonzero()[:, 0]  # (d,)
+    if not len(pooled):
+        return own
+    row, voter = weights[pooled].nonzero(as_tuple=True)  # (P,) pairs: row into the d, voter into the n
+    scale, source = weights[pooled[row], voter][:, None], order[voter]  # (P, 1), (P,) voter's row of `probs`
+    out = own.new_zeros(len(pooled), own.shape[1])  # (d, h*w)
+    for i in range(0, len(row), chunk):
+        pairs = slice(i, i + chunk)
+        out.index_add_(0, row[pairs], probs.index_select(0, source[pairs]).mul_(scale[pairs]))
+    own[pooled] = out
+    return own
 
 
 def candidates(
