@@ -297,12 +297,11 @@ def voted_probs(probs: torch.Tensor, order: torch.Tensor, unsorted: torch.Tensor
     return torch.where(total > 0, pooled, own)
 
 
-def sparse_vote(
-    probs: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, own: torch.Tensor, chunk: int = 64
-) -> torch.Tensor:
-    """`voted_probs` of one image on CPU: only the detections with voters besides themselves are pooled, voter by
-    voter, `chunk` (detection, voter) pairs at a time (each detection has a few voters, so the (D, n) weights are
-    mostly 0: about 3x faster than their dense product at conf 0.001).
+def sparse_vote(probs: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """`voted_probs` of one image on CPU: only the detections with voters besides themselves are pooled, each distinct
+    row of weights once. At conf 0.001 an object's duplicates are many and vote for each other alike (yolo11n-solo on
+    package-seg: about 190 pooled detections, 70 distinct rows, 270 voters per image), so the product is about a third
+    of the dense one.
 
     Args:
         probs (torch.Tensor): (K, h*w) the candidates' probabilities. order (torch.Tensor): (n,) sorted -> K.
@@ -312,14 +311,10 @@ def sparse_vote(
     pooled = ((weights > 0).sum(1) > 1).nonzero()[:, 0]  # (d,)
     if not len(pooled):
         return own
-    row, voter = weights[pooled].nonzero(as_tuple=True)  # (P,) pairs: row into the d, voter into the n
-    scale, source = weights[pooled[row], voter][:, None], order[voter]  # (P, 1), (P,) voter's row of `probs`
-    out = own.new_zeros(len(pooled), own.shape[1])  # (d, h*w)
-    for i in range(0, len(row), chunk):
-        pairs = slice(i, i + chunk)
-        out.index_add_(0, row[pairs], probs.index_select(0, source[pairs]).mul_(scale[pairs]))
-    own[pooled] = out
-    return own
+    rows, inverse = torch.unique(weights[pooled], dim=0, return_inverse=True)  # (u, n), (d,)
+    voters = (rows > 0).any(0).nonzero()[:, 0]  # (v,) the candidates that vote at all
+    voted = rows[:, voters] @ probs.index_select(0, order[voters])  # (u, v) @ (v, h*w)
+    return own.index_copy_(0, pooled, voted.index_select(0, inverse))
 
 
 def candidates(
