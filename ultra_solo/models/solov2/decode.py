@@ -292,12 +292,12 @@ def voted_probs(probs: torch.Tensor, order: torch.Tensor, unsorted: torch.Tensor
     total = weights.sum(2, keepdim=True)  # (B, D, 1)
     own = take_rows(probs, unsorted)  # (B, D, h*w)
     if eager_inference(probs) and probs.shape[0] == 1:
-        return sparse_vote(probs[0], order[0], weights[0] / total[0].clamp_min(1e-12), own[0])[None]
+        return pool_votes(probs[0], order[0], weights[0] / total[0].clamp_min(1e-12), own[0])[None]
     pooled = (weights / total.clamp_min(1e-12)) @ take_rows(probs, order)  # (B, D, h*w)
     return torch.where(total > 0, pooled, own)
 
 
-def sparse_vote(probs: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+def pool_votes(probs: torch.Tensor, order: torch.Tensor, weights: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     """`voted_probs` of one image on CPU: only the detections with voters besides themselves are pooled, each distinct
     row of weights once. At conf 0.001 an object's duplicates are many and vote for each other alike (yolo11n-solo on
     package-seg: about 190 pooled detections, 70 distinct rows, 270 voters per image), so the product is about a third
