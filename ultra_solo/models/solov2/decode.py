@@ -152,6 +152,12 @@ def sorted_intersections(masks: torch.Tensor, order: torch.Tensor, blocks: int =
     return rows.gather(2, order[:, None].expand(-1, order.shape[1], -1))
 
 
+def pair_iou(inter: torch.Tensor, area_a: torch.Tensor, area_b: torch.Tensor) -> torch.Tensor:
+    """IoU of mask pairs from their intersections and their two areas (pixel counts, broadcast together); 0 where both
+    are empty."""
+    return inter / (area_a + area_b - inter).clamp_min(1)
+
+
 def overlap_decay(inter: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, kernel="gaussian", sigma=2.0):
     """`matrix_nms` from the masks' pairwise intersections (..., n, n) (pixel counts), masks sorted by descending score.
 
@@ -161,7 +167,7 @@ def overlap_decay(inter: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor
     if n == 0:
         return areas.new_ones(areas.shape, dtype=torch.float32)
     inter, areas = inter.float(), areas.float()
-    iou = inter / (areas[..., :, None] + areas[..., None, :] - inter).clamp_min(1)
+    iou = pair_iou(inter, areas[..., :, None], areas[..., None, :])
     order = torch.arange(n, device=inter.device)
     same = labels[..., :, None] == labels[..., None, :]
     iou = torch.where((order[:, None] < order[None, :]) & same, iou, 0.0)  # (..., n, n): only k above j, same class
@@ -274,7 +280,7 @@ def vote_weights(
     counts = torch.where(later, rows, cols)  # (B, D, n) each pair read where it was counted
     area = area.float()
     own = area.gather(1, top)[..., None]  # (B, D, 1)
-    iou = counts / (own + area[:, None] - counts).clamp_min(1)
+    iou = pair_iou(counts, own, area[:, None])
     same = labels.gather(1, top)[..., None] == labels[:, None]  # (B, D, n)
     return torch.where((iou > thr) & same, score[:, None], 0.0)
 
