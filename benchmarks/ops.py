@@ -5,8 +5,11 @@ Each row times one choice on the inputs it was made for (medians; same process, 
 - `decode.intersections` (int8 matrix product with int32 sums) vs the float32 product of 0/1 masks;
 - `decode.block_statistics` (sigmoid, threshold, areas and sums inside the masks, 32 candidates at a time) vs each
   step over all 500 candidates;
+- `decode.pool_votes` (mask voting's distinct rows of weights, a sparse product) vs the dense product over all voters;
 - `decode.take_rows` (one `index_select`) vs `gather` with an expanded index;
 - `resample.picked_rows` (rows of a mask and, of its transpose, one gather along the columns) vs `gather` of the rows;
+- `resample.line_maxima` (elementwise interpolation at the extreme columns) vs products with matrices of column and
+  row weights;
 - `resample.mask_boxes` (uint8 `amax`) vs `torchvision.ops.masks_to_boxes` (boolean reductions);
 - `pan_head.conv_with_coords` in inference mode (CoordConv channels' share cached per size) vs the conv over C + 2
   channels it replaces.
@@ -25,10 +28,10 @@ from timing import median_ms
 from torchvision.ops import masks_to_boxes
 from ultralytics.nn.modules import Conv
 
-from ultra_solo.models.solov2.decode import block_statistics, intersections, take_rows
+from ultra_solo.models.solov2.decode import block_statistics, intersections, pool_votes, take_rows
 from ultra_solo.models.solov2.head import with_coords
 from ultra_solo.models.solov2.pan_head import conv_with_coords
-from ultra_solo.models.solov2.resample import above, mask_boxes, picked_rows
+from ultra_solo.models.solov2.resample import above, line_maxima, mask_boxes, picked_rows, upsample_probs
 
 
 def row(name: str, ours, plain, device: torch.device, args: argparse.Namespace) -> str:
@@ -72,6 +75,30 @@ def statistics(gen: torch.Generator) -> list[tuple]:
     return [("mask statistics of 500 candidates 80x80", lambda: block_statistics(logits.clone(), 0.5), plain)]
 
 
+def votes(gen: torch.Generator) -> list[tuple]:
+    """`pool_votes` vs the dense product of the distinct rows of weights over every voter: 300 detections of 500
+    candidates 80 x 80, 190 of them pooled, in 70 distinct rows of 6 voters among 270 (as yolo11n-solo's validation
+    images of package-seg have them)."""
+    probs, order = torch.rand(500, 6400, generator=gen), torch.randperm(500, generator=gen)
+    distinct = torch.zeros(70, 500)
+    for r in range(70):
+        distinct[r, torch.randperm(270, generator=gen)[:6]] = torch.rand(6, generator=gen) + 0.1
+    weights = torch.eye(300, 500)  # detections with only themselves as voters
+    weights[:190] = distinct[torch.randint(0, 70, (190,), generator=gen)]
+    weights /= weights.sum(1, keepdim=True)
+    own = probs.index_select(0, order[:300])
+
+    def plain():
+        pooled = ((weights > 0).sum(1) > 1).nonzero()[:, 0]
+        rows, inverse = torch.unique(weights[pooled], dim=0, return_inverse=True)
+        voters = (rows > 0).any(0).nonzero()[:, 0]
+        voted = rows[:, voters] @ probs.index_select(0, order[voters])
+        return own.clone().index_copy_(0, pooled, voted.index_select(0, inverse))
+
+    torch.testing.assert_close(pool_votes(probs, order, weights, own.clone()), plain())
+    return [("mask voting, 190 of 300 detections 80x80", lambda: pool_votes(probs, order, weights, own.clone()), plain)]
+
+
 def rows(gen: torch.Generator) -> list[tuple]:
     """`take_rows` vs `gather`, 20 of 20 rows of 6400 floats; `picked_rows` vs `gather`, 6 rows and 6 columns of each
     of 300 masks 80 x 80 (validation boxes at imgsz 320)."""
@@ -91,6 +118,28 @@ def rows(gen: torch.Generator) -> list[tuple]:
         assert torch.equal(picked_rows(probs, lines), plain())
         out.append((f"6 {name} of each of 300 masks 80x80", partial(picked_rows, probs, lines), plain))
     return out
+
+
+def maxima(gen: torch.Generator) -> list[tuple]:
+    """`line_maxima` vs products with a (w, 2w) matrix of column weights and a (2 scale, 3) one of row weights, on
+    the 3 feature rows around both edges of 300 masks of width 80, scale 4 (validation boxes at imgsz 320)."""
+    scale, w = 4, 80
+    rows = torch.rand(300, 2, 3, w, generator=gen)
+    u, t, j = 0.5 / scale, (torch.arange(scale) + 0.5) / scale, torch.arange(w - 1)
+    columns = torch.zeros(w, 2 * w)  # each pair of columns at its extreme weights, then the two border columns
+    columns[j, 2 * j], columns[j + 1, 2 * j], columns[j, 2 * j + 1], columns[j + 1, 2 * j + 1] = 1 - u, u, u, 1 - u
+    columns[0, 2 * w - 2] = columns[w - 1, 2 * w - 1] = 1
+    weights = torch.zeros(2 * scale, 3)  # the scale output rows of each pair of feature rows
+    for pair in (0, 1):
+        weights[pair * scale : (pair + 1) * scale, pair : pair + 2] = torch.stack((1 - t, t), 1)
+
+    def plain():
+        return (weights @ (rows @ columns)).amax(3)
+
+    expected = upsample_probs(rows[:4, 0], (3 * scale, w * scale))[:, scale // 2 : scale // 2 + 2 * scale].amax(2)
+    torch.testing.assert_close(line_maxima(rows, scale)[:4, 0], expected)
+    torch.testing.assert_close(line_maxima(rows, scale), plain())
+    return [("maxima of 16 upsampled rows at 600 edges, w 80", partial(line_maxima, rows, scale), plain)]
 
 
 def boxes(gen: torch.Generator) -> list[tuple]:
@@ -130,7 +179,7 @@ def main() -> None:
     gen, device = torch.Generator().manual_seed(0), torch.device("cpu")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} runs")
     print(f"{'operation':<52}{'ours us':>10}{'plain us':>10}{'ratio':>9}")
-    for cases in (comparisons, statistics, overlaps, rows, boxes, coord_conv):
+    for cases in (comparisons, statistics, overlaps, votes, rows, maxima, boxes, coord_conv):
         for name, ours, plain in cases(gen):
             print(row(name, ours, plain, device, args))
 

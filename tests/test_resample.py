@@ -7,12 +7,11 @@ import torch
 from torchvision.ops import masks_to_boxes
 
 from ultra_solo.models.solov2.resample import (
-    column_extremes,
     edge_boxes,
     filled_lines,
+    line_maxima,
     mask_boxes,
     picked_rows,
-    row_weights,
     upsample_masks,
     upsample_probs,
     upsampled_mask_boxes,
@@ -106,13 +105,12 @@ def test_edge_boxes_equal_upsampling_everything_where_sure(scale):
 
 @pytest.mark.parametrize("scale", [2, 4, 8])
 @pytest.mark.parametrize("w", [1, 2, 9])
-def test_row_weights_and_column_extremes_give_the_maxima_of_upsampled_rows(scale, w):
+def test_line_maxima_are_the_maxima_of_upsampled_rows(scale, w):
     """Three feature rows upsampled: the 2 x scale output rows between the outer two, each with its maximum."""
-    rows = torch.rand(5, 3, w, generator=torch.Generator().manual_seed(w))  # (n, 3, w)
-    up = upsample_probs(rows, (3 * scale, w * scale))  # output rows scale / 2 + j interpolate rows 0-1, then 1-2
-    expected = up[:, scale // 2 : scale // 2 + 2 * scale].amax(2)  # (n, 2 scale)
-    got = row_weights(scale, rows.device, rows.dtype) @ rows @ column_extremes(w, scale, rows.device, rows.dtype)
-    assert torch.allclose(got.amax(2), expected, atol=1e-6)
+    rows = torch.rand(5, 2, 3, w, generator=torch.Generator().manual_seed(w))  # (n, 2, 3, w)
+    up = upsample_probs(rows.flatten(0, 1), (3 * scale, w * scale))  # output rows scale / 2 + j: rows 0-1, then 1-2
+    expected = up[:, scale // 2 : scale // 2 + 2 * scale].amax(2).view(5, 2, 2 * scale)  # (n, 2, 2 scale)
+    assert torch.allclose(line_maxima(rows, scale), expected, atol=1e-6)
 
 
 def test_picked_rows_of_rows_and_columns():

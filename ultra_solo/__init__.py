@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.4.2"
+__version__ = "0.4.3"
 __all__ = ["SOLO", "__version__"]
 
 

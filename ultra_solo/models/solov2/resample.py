@@ -14,8 +14,6 @@ Shape shorthand in this module:
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 
@@ -115,11 +113,10 @@ def edge_boxes(
     An output row interpolates two rows of the features (the border rows repeated past the border) with weights
     (j + 0.5) / scale, j < scale, so the rows before the pair (first - 1, first) of the first feature row above `thr`
     stay at or below it: the box's first row is among the 2 x scale rows of that pair and the next, its last among
-    those of (last - 1, last) and (last, last + 1). A row's maximum over the output's columns lies at a border column
-    or at the extreme weights 1 / (2 scale), 1 - 1 / (2 scale) of a pair of columns, the interpolation being linear
-    between them. A box is sure when each of its four edges is decided by values farther than `margin` from `thr`,
-    so float rounding (here and in PyTorch's kernel) cannot move it; for the others, which a weak edge can also move
-    farther inside, `upsampled_mask_boxes` upsamples.
+    those of (last - 1, last) and (last, last + 1); their maxima over the output's columns are `line_maxima`'s. A box
+    is sure when each of its four edges is decided by values farther than `margin` from `thr`, so float rounding (here
+    and in PyTorch's kernel) cannot move it; for the others, which a weak edge can also move farther inside,
+    `upsampled_mask_boxes` upsamples.
     """
     rows, cols = filled_lines(above(probs, thr).bool() if masks is None else masks)
     y1, y2, sure_rows = edge_lines(probs, rows, scale, thr, margin)
@@ -147,17 +144,14 @@ def edge_lines(probs: torch.Tensor, filled: torch.Tensor, scale: int, thr: float
     (n, h) hold a value above `thr` (1) or not (0), and (n,) whether both are sure. Masks with no value above `thr`
     get (0, 0), sure: upsampling leaves them empty.
 
-    The maxima over the output's columns of the 2 x scale output rows around each edge are two small matrix products:
-    the three feature rows around it times `column_extremes` (each pair of columns at its extreme weights, and the
-    border columns), then `row_weights` (the scale weights of each pair of rows); values within float rounding of the
-    elementwise interpolation, far below `margin`.
+    The maxima over the output's columns of the 2 x scale output rows around each edge come from the three feature
+    rows around it (`line_maxima`): values within float rounding of PyTorch's interpolation, far below `margin`.
     """
     n, h, w = probs.shape
     first, last = filled.argmax(1), h - 1 - filled.flip(1).argmax(1)  # (n,)
     around = torch.stack((first, last), 1)[..., None] + torch.arange(-1, 2, device=probs.device)  # (n, 2, 3)
     rows = picked_rows(probs, around.view(n, 6).clamp(0, h - 1)).reshape(n, 2, 3, w)
-    extremes = rows @ column_extremes(w, scale, probs.device, probs.dtype)  # (n, 2, 3, 2w)
-    line_max = (row_weights(scale, probs.device, probs.dtype) @ extremes).amax(3)  # (n, 2, 2s)
+    line_max = line_maxima(rows, scale)  # (n, 2, 2s)
     over, under = line_max > thr + margin, line_max < thr - margin
     k = torch.arange(2 * scale, device=probs.device)  # output row of k: scale * feature row - scale / 2 + k
     top, bottom = over[:, 0].int().argmax(1), 2 * scale - 1 - over[:, 1].flip(1).int().argmax(1)  # (n,)
@@ -168,6 +162,25 @@ def edge_lines(probs: torch.Tensor, filled: torch.Tensor, scale: int, thr: float
     y1 = (scale * first - scale // 2 + top).clamp_min(0) * ~empty
     y2 = (scale * last - scale // 2 + bottom + 1).clamp_max(scale * h) * ~empty
     return y1, y2, sure | empty
+
+
+def line_maxima(rows: torch.Tensor, scale: int) -> torch.Tensor:
+    """Maxima (..., 2 scale) over the output columns of the 2 x scale output rows that bilinear upsampling by `scale`
+    (a power of two) puts between three feature rows (..., 3, w): those between the first two, then the last two.
+
+    Between two feature rows (columns), output row (column) j < scale weighs the second by (j + 0.5) / scale. An
+    output row's maximum lies at a border column, equal to the border value, or at a pair of columns' extreme weights
+    1 / (2 scale) and 1 - 1 / (2 scale), the interpolation being linear in between: the feature rows are interpolated
+    at those 2w columns, then at the row weights. Elementwise, on (..., 2, scale, 2w) values: as products with
+    matrices of column and row weights it took about twice as long on CPU (`benchmarks/ops.py`).
+    """
+    u = 0.5 / scale
+    left, right = rows[..., :-1], rows[..., 1:]  # (..., 3, w - 1)
+    borders = (rows[..., :1], rows[..., -1:])
+    columns = torch.cat((torch.lerp(left, right, u), torch.lerp(right, left, u), *borders), -1)  # (..., 3, 2w)
+    t = (torch.arange(scale, device=rows.device, dtype=rows.dtype)[:, None] + 0.5) / scale  # (scale, 1)
+    lines = torch.lerp(columns[..., :2, None, :], columns[..., 1:, None, :], t)  # (..., 2, scale, 2w)
+    return lines.amax(-1).flatten(-2)
 
 
 def picked_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -182,34 +195,6 @@ def picked_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if x.transpose(1, 2).is_contiguous():
         return x.transpose(1, 2).gather(2, index[:, None, :].expand(n, w, k)).transpose(1, 2)
     return x.gather(1, index[..., None].expand(n, k, w))
-
-
-@lru_cache(maxsize=16)
-def row_weights(scale: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(2 scale, 3): the weights making the 2 x scale output rows between three feature rows (r - 1, r, r + 1), the
-    bilinear weights (j + 0.5) / scale of the output rows j < scale of each pair. Cached (callers must not modify
-    it)."""
-    with torch.inference_mode(False):
-        t = (torch.arange(scale, device=device, dtype=dtype) + 0.5) / scale  # (scale,)
-        weights = torch.zeros(2 * scale, 3, device=device, dtype=dtype)
-        for pair in (0, 1):
-            weights[pair * scale : (pair + 1) * scale, pair] = 1 - t
-            weights[pair * scale : (pair + 1) * scale, pair + 1] = t
-        return weights
-
-
-@lru_cache(maxsize=16)
-def column_extremes(w: int, scale: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(w, 2w): the output columns where a row of w feature values upsampled by `scale` can peak: each pair of columns
-    at its extreme weights 1 / (2 scale) and 1 - 1 / (2 scale) (the output is linear in between), and the two border
-    columns, equal to the border values. Cached (callers must not modify it)."""
-    with torch.inference_mode(False):
-        u, j = 0.5 / scale, torch.arange(w - 1, device=device)
-        weights = torch.zeros(w, 2 * w, device=device, dtype=dtype)
-        weights[j, 2 * j], weights[j + 1, 2 * j] = 1 - u, u
-        weights[j, 2 * j + 1], weights[j + 1, 2 * j + 1] = u, 1 - u
-        weights[0, 2 * w - 2] = weights[w - 1, 2 * w - 1] = 1
-        return weights
 
 
 def upsampled_masks_and_boxes(
