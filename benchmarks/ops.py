@@ -5,7 +5,8 @@ Each row times one choice on the inputs it was made for (medians; same process, 
 - `decode.intersections` (int8 matrix product with int32 sums) vs the float32 product of 0/1 masks;
 - `decode.block_statistics` (sigmoid, threshold, areas and sums inside the masks, 32 candidates at a time) vs each
   step over all 500 candidates;
-- `decode.pool_votes` (mask voting's distinct rows of weights, a sparse product) vs the dense product over all voters;
+- `decode.pool_votes` (mask voting's distinct rows of weights, a sparse product) vs the dense product over all voters,
+  and where predict votes (few detections and candidates), the dense product vs `pool_votes`;
 - `decode.take_rows` (one `index_select`) vs `gather` with an expanded index;
 - `resample.picked_rows` (rows of a mask and, of its transpose, one gather along the columns) vs `gather` of the rows;
 - `resample.line_maxima` (elementwise interpolation at the extreme columns) vs products with matrices of column and
@@ -28,7 +29,7 @@ from timing import median_ms
 from torchvision.ops import masks_to_boxes
 from ultralytics.nn.modules import Conv
 
-from ultra_solo.models.solov2.decode import block_statistics, intersections, pool_votes, take_rows
+from ultra_solo.models.solov2.decode import block_statistics, intersections, pool_votes, take_rows, voted_probs
 from ultra_solo.models.solov2.head import with_coords
 from ultra_solo.models.solov2.pan_head import conv_with_coords
 from ultra_solo.models.solov2.resample import above, line_maxima, mask_boxes, picked_rows, upsample_probs
@@ -96,7 +97,27 @@ def votes(gen: torch.Generator) -> list[tuple]:
         return own.clone().index_copy_(0, pooled, voted.index_select(0, inverse))
 
     torch.testing.assert_close(pool_votes(probs, order, weights, own.clone()), plain())
-    return [("mask voting, 190 of 300 detections 80x80", lambda: pool_votes(probs, order, weights, own.clone()), plain)]
+    return [
+        ("mask voting, 190 of 300 detections 80x80", lambda: pool_votes(probs, order, weights, own.clone()), plain),
+        few_votes(gen),
+    ]
+
+
+def few_votes(gen: torch.Generator) -> tuple:
+    """`voted_probs`' dense product vs `pool_votes` where predict votes: 5 detections among 17 candidates left of 135
+    (yolo11n-solo on package-seg at conf 0.25), each with 3 voters besides itself."""
+    probs, order = torch.rand(1, 135, 6400, generator=gen), torch.randperm(135, generator=gen)[None, :17]
+    weights = torch.eye(5, 17)[None] + torch.zeros(1, 5, 17).index_fill_(2, torch.tensor([5, 9, 12]), 0.5)  # (1, 5, 17)
+    unsorted = order[:, :5]
+
+    def chosen():
+        return voted_probs(probs, order, unsorted, weights)
+
+    def plain():
+        return voted_probs(probs, order, unsorted, weights, sparse_from=0)
+
+    torch.testing.assert_close(chosen(), plain())
+    return "mask voting, 5 detections of 17 candidates 80x80", chosen, plain
 
 
 def rows(gen: torch.Generator) -> list[tuple]:

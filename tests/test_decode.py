@@ -15,6 +15,7 @@ from ultra_solo.models.solov2.decode import (
     intersections,
     matrix_nms,
     sorted_intersections,
+    voted_probs,
 )
 from ultra_solo.models.solov2.head import point_nms
 from ultra_solo.models.solov2.layout import GridLayout
@@ -304,19 +305,40 @@ def test_detections_with_masks_give_the_probabilities_above_the_threshold(end2en
     assert found > 8
 
 
-def test_compact_decode_carries_only_candidates_that_can_reach_conf():
-    """The Python path's Matrix NMS runs over the candidates whose rescored score can still reach conf: fewer slots,
-    the same detections as the fixed-size decode, whose extra slots are all empty."""
-    settings = DecodeSettings(LAYOUT, nms_pre=60)
+@pytest.mark.parametrize("vote_thr", [0.0, 0.5])
+def test_compact_decode_carries_only_candidates_that_can_reach_conf(vote_thr):
+    """The Python path's Matrix NMS runs over the candidates whose rescored score can still reach conf, and it keeps
+    (and votes) only the detections that reached it: the same detections as the fixed-size decode, whose extra slots
+    are all empty."""
+    settings = DecodeSettings(LAYOUT, nms_pre=60, vote_thr=vote_thr)
     dense = random_dense_outputs(1, torch.Generator().manual_seed(5))
     full = decode(*dense, settings, conf=0.3, max_det=100)
     compact = decode(*dense, settings, conf=0.3, max_det=100, compact=True)
     n, found = compact[0].shape[1], int((full[0] > 0).sum())  # slots; detections, first in both
-    assert 0 < found <= n < full[0].shape[1]
-    assert not full[0][:, found:].any() and not compact[0][:, found:].any()
+    assert 0 < found == n < full[0].shape[1]
+    assert not full[0][:, found:].any()
     torch.testing.assert_close(compact[0], full[0][:, :n])
     assert torch.equal(compact[1][:, :found], full[1][:, :found])
     assert torch.equal(compact[2][:, :found], full[2][:, :found])
+
+
+@pytest.mark.parametrize("voters", [1, 3])
+def test_sparse_and_dense_mask_voting_agree(voters):
+    """`voted_probs` pools one image's votes with `pool_votes` from `sparse_from` weights on, else by a dense product:
+    the same probabilities, and a detection without voters besides itself keeps its own row exactly."""
+    g = torch.Generator().manual_seed(voters)
+    probs, order = torch.rand(1, 12, 50, generator=g), torch.randperm(12, generator=g)[None, :9]  # (1, K, P), (1, n)
+    unsorted = order[:, [0, 2, 5, 7]]  # (1, D) detections among the sorted candidates 0, 2, 5, 7
+    weights = torch.zeros(1, 4, 9)
+    weights[0, torch.arange(4), torch.tensor([0, 2, 5, 7])] = torch.rand(4, generator=g) + 0.1  # each votes for itself
+    weights[0, :2, 3 : 3 + voters] = torch.rand(2, voters, generator=g)  # the first two have other voters
+    weights[0, 2] = weights[0, 0]  # a row of weights twice (`pool_votes` pools each distinct row once)
+    sparse = voted_probs(probs, order, unsorted, weights, sparse_from=0)
+    dense = voted_probs(probs, order, unsorted, weights, sparse_from=10**9)
+    torch.testing.assert_close(sparse, dense)
+    expected = (weights[0] / weights[0].sum(1, keepdim=True)) @ probs[0, order[0]]  # (D, P) by definition
+    torch.testing.assert_close(sparse[0], expected)
+    assert torch.equal(sparse[0, 3], probs[0, unsorted[0, 3]])  # only its own vote
 
 
 def two_classes_one_mask():

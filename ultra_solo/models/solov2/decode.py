@@ -219,15 +219,16 @@ def decode(
         k (int, optional): Candidates per image, K, at most `nms_pre` (the default, used by graphs). The Python path
             passes the number of scores above `candidate_conf`, which gives the same detections with less work.
         agnostic (bool): Matrix NMS across classes (Ultralytics' `agnostic_nms`, `single_cls`).
-        compact (bool): Drop the candidates scored 0 before Matrix NMS instead of carrying them (sizes then depend on
-            the data, so graphs keep False): the same detections, with Matrix NMS over n <= K masks.
+        compact (bool): Drop the candidates scored 0 before Matrix NMS, and the scores below `conf` after it, instead
+            of carrying them (sizes then depend on the data, so graphs keep False): the same detections, with Matrix
+            NMS over n <= K masks and only the detections kept voted.
         with_masks (bool): Also return the detections' masks, their probabilities above `settings.mask_thr`, as
             decoding made them for Matrix NMS.
 
     Returns:
         (tuple): Scores (B, D) in descending order (0 marks an empty slot), classes (B, D) and mask probabilities
-            (B, D, h, w), D = min(max_det, K) (compact: at most the candidates left); with `with_masks`, bool masks
-            (B, D, h, w) too.
+            (B, D, h, w), D = min(max_det, K) (compact: at most the scores of at least `conf`); with `with_masks`,
+            bool masks (B, D, h, w) too.
     """
     k = min(settings.nms_pre, scores.shape[1] * scores.shape[2], settings.nms_pre if k is None else k)
     score, cls, probs, masks, area = candidates(scores.float(), kernels.float(), mask_feats.float(), settings, conf, k)
@@ -243,7 +244,8 @@ def decode(
     if settings.maskness_power != 1:
         score = score**settings.score_exponent
     score = torch.where(score >= conf, score, 0.0)
-    score, top = score.topk(min(max_det, score.shape[1]))  # (B, D), indices into the sorted candidates
+    d = int((score > 0).sum(1).max()) if compact else score.shape[1]  # compact: no slots for scores below conf
+    score, top = score.topk(min(max_det, d))  # (B, D), indices into the sorted candidates
     unsorted = order.gather(1, top)  # (B, D) the same candidates before sorting, as `probs` holds them
     shape = (top.shape[0], top.shape[1], mask_feats.shape[2], mask_feats.shape[3])  # dynamic in graphs
     if settings.vote_thr:
@@ -285,19 +287,26 @@ def vote_weights(
     return torch.where((iou > thr) & same, score[:, None], 0.0)
 
 
-def voted_probs(probs: torch.Tensor, order: torch.Tensor, unsorted: torch.Tensor, weights: torch.Tensor):
+def voted_probs(
+    probs: torch.Tensor, order: torch.Tensor, unsorted: torch.Tensor, weights: torch.Tensor, sparse_from: int = 2048
+):
     """Mask voting (FCIS, MNC): each detection's probabilities (B, D, h*w), the mean of its voters' probabilities
     weighted by `vote_weights` (B, D, n); a detection without voters keeps its own.
+
+    One image in eager mode with more than `sparse_from` weights (D x n: validation's hundreds of detections) is pooled
+    by `pool_votes`; otherwise (predict's few detections and candidates, batches, graphs) by a dense product, which
+    there costs less than `pool_votes`' fixed steps (`benchmarks/ops.py`).
 
     Args:
         probs (torch.Tensor): (B, K, h*w) every candidate's probabilities, as `candidates` made them.
         order (torch.Tensor): (B, n) the candidates in score order, indices into K.
         unsorted (torch.Tensor): (B, D) the detections, indices into K.
         weights (torch.Tensor): (B, D, n) from `vote_weights`.
+        sparse_from (int): The fewest weights pooled by `pool_votes`.
     """
     total = weights.sum(2, keepdim=True)  # (B, D, 1)
     own = take_rows(probs, unsorted)  # (B, D, h*w)
-    if eager_inference(probs) and probs.shape[0] == 1:
+    if eager_inference(probs) and probs.shape[0] == 1 and weights[0].numel() >= sparse_from:
         return pool_votes(probs[0], order[0], weights[0] / total[0].clamp_min(1e-12), own[0])[None]
     pooled = (weights / total.clamp_min(1e-12)) @ take_rows(probs, order)  # (B, D, h*w)
     return torch.where(total > 0, pooled, own)
