@@ -77,16 +77,17 @@ def test_matrix_nms_batched_equals_one_by_one():
     assert torch.equal(batched, torch.stack([matrix_nms(m, lab, m.sum(1)) for m, lab in zip(masks, labels)]))
 
 
-@pytest.mark.parametrize("k, n", [(40, 40), (40, 13), (9, 1), (9, 0), (33, 33)])
+@pytest.mark.parametrize("k, n", [(40, 40), (40, 13), (9, 1), (9, 0), (33, 33), (200, 150)])
 def test_sorted_intersections_count_every_pair_matrix_nms_reads(k, n):
-    """On and above the diagonal, in score order: the brute-force counts of the picked masks, in blocks or not."""
+    """On and above the diagonal, in score order: the brute-force counts of the picked masks, in blocks or not (blocks
+    of at least 64 masks: 150 masks make 2 or 3)."""
     gen = torch.Generator().manual_seed(k + n)
     masks = (torch.rand(2, k, 70, generator=gen) > 0.6).float()
     order = torch.stack([torch.randperm(k, generator=gen)[:n] for _ in range(2)])  # (2, n)
     upper = torch.ones(n, n, dtype=torch.bool).triu()
     for b in range(2):
         picked = masks[b, order[b]]
-        expected = [[float((picked[i] * picked[j]).sum()) for j in range(n)] for i in range(n)]
+        expected = [(picked[i] * picked).sum(1).tolist() for i in range(n)]  # counts of mask i with every mask
         for blocks in (1, 3, 4):
             got = sorted_intersections(masks, order, blocks)[b]
             assert got[upper].tolist() == torch.tensor(expected).reshape(n, n)[upper].tolist()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.4.3"
+__version__ = "0.4.4"
 __all__ = ["SOLO", "__version__"]
 
 

@@ -107,22 +107,22 @@ def matrix_nms(masks: torch.Tensor, labels: torch.Tensor, areas: torch.Tensor, k
     return overlap_decay(masks @ masks.transpose(-1, -2), labels, areas, kernel, sigma)
 
 
-def intersections(masks: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+def intersections(masks: torch.Tensor, blocks: int = 1, min_block: int = 64) -> torch.Tensor:
     """Pixel counts (B, K, K) of the pairwise intersections of 0/1 masks (B, K, P), as float32: all of them, or with
     `blocks` > 1 at least those on and above the diagonal, the ones Matrix NMS reads.
 
     On CPU outside traced or compiled graphs (`int8_products`), an int8 matrix product with int32 sums
     (`torch._int_mm`, exact for any count below 2**31): about 9x faster there than the float32 product
     (`benchmarks/ops.py`), which it equals. It runs in `blocks` row blocks, each against the columns from its own
-    diagonal on (about 5/8 of the full product at 4 blocks; below those blocks the counts are 0). Float32 elsewhere
-    (GPUs, exports), always the full product.
+    diagonal on (about 5/8 of the full product at 4 blocks; below those blocks the counts are 0), blocks of at least
+    `min_block` rows (predict's few masks: one product). Float32 elsewhere (GPUs, exports), always the full product.
     """
     if not int8_products(masks):
         return masks @ masks.transpose(1, 2)
     m = masks.to(torch.int8)
     k = m.shape[1]
     inter = torch.zeros((*m.shape[:2], k), dtype=torch.int32)
-    step = max(1, -(-k // blocks))
+    step = max(min_block, -(-k // blocks))
     for b, x in enumerate(m):
         for i in range(0, k, step):
             inter[b, i : i + step, i:] = torch._int_mm(x[i : i + step], x[i:].T)

@@ -9,7 +9,7 @@ from ultralytics.utils import ops
 
 from .decode import detections
 from .network import decode_settings, decoded_by_solo
-from .resample import mask_boxes, upsample_masks, upsample_probs
+from .resample import mask_boxes, upsample_probs, upsampled_masks_and_boxes
 
 
 class SOLOPredictor(SegmentationPredictor):
@@ -48,7 +48,9 @@ class SOLOPredictor(SegmentationPredictor):
     def make_result(self, found: tuple, img: torch.Tensor, orig_img, img_path: str) -> Results:
         """Build one `Results`: masks at the letterboxed input size, or at the original size with `retina_masks`.
 
-        Retina masks are upsampled to the input size before the letterbox padding is cut, so the cut is exact.
+        Retina masks are upsampled to the input size before the letterbox padding is cut, so the cut is exact. Masks at
+        the input size are upsampled each over its own window where the scale allows it (`upsampled_masks_and_boxes`),
+        with the masks and boxes of upsampling everything.
         """
         probs, conf, cls = found
         thr = self.decode.mask_thr
@@ -56,7 +58,7 @@ class SOLOPredictor(SegmentationPredictor):
             masks = ops.scale_masks(upsample_probs(probs, img.shape[2:])[None], orig_img.shape[:2])[0] > thr
             boxes = mask_boxes(masks)
         else:
-            masks = upsample_masks(probs, img.shape[2:], thr)  # (n, H, W)
-            boxes = ops.scale_boxes(img.shape[2:], mask_boxes(masks), orig_img.shape)
+            masks, boxes = upsampled_masks_and_boxes(probs, img.shape[2:], thr)  # (n, H, W), (n, 4)
+            boxes = ops.scale_boxes(img.shape[2:], boxes, orig_img.shape)
         boxes = torch.cat((boxes, conf[:, None], cls[:, None].float()), 1)  # (n, 6)
         return Results(orig_img, path=img_path, names=self.model.names, boxes=boxes, masks=masks if len(conf) else None)
