@@ -3,7 +3,8 @@
 Every model validates the same images with the same arguments (each family's validator and defaults), in turns,
 `--rounds` times, once without and once with `save_json` (native-resolution masks and predictions.json, what
 `ultra-solo compare` scores with faster-coco-eval); the table gives the median wall time per setting and the metrics,
-so a speed change can be checked to leave them unchanged.
+so a speed change can be checked to leave them unchanged. With `--stages`, a second table gives the detections kept per
+image and the time per image of Ultralytics' own validator steps on them (`STAGES`), timed in the last round.
 
     YOLO_OFFLINE=1 python benchmarks/val_speed.py --models runs/compare/x/yolo11n-seg/weights/best.pt \\
         runs/compare/x/yolo11n-solo/weights/best.pt --data ../shared/datasets/package-seg-small/data.yaml
@@ -15,25 +16,76 @@ import argparse
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
 from ultra_solo.compare.compare import model_class
 
+STAGES = ("update_metrics", "_process_batch", "scale_preds", "pred_to_json")  # Ultralytics' per-image validator steps
 
-def validate(spec: str, args: argparse.Namespace, save_json: bool, project: Path) -> dict:
-    """One `val()` of `spec`: wall seconds, the validator's per-image stages (ms) and the mask / box mAP."""
+
+@contextmanager
+def timed_stages(seconds: dict[str, float]):
+    """Add up the wall seconds of Ultralytics' `SegmentationValidator` steps `STAGES` (YOLO's and SOLO's validators
+    inherit them) in `seconds`, with the images and detections that `_process_batch` matches. `update_metrics` calls
+    the other three."""
+    originals = {name: getattr(SegmentationValidator, name) for name in STAGES}
+    own = {name for name in STAGES if name in vars(SegmentationValidator)}  # the others are DetectionValidator's
+
+    def timer(name, step):
+        def timed(self, *args, **kwargs):
+            if name == "_process_batch":
+                seconds["images"] = seconds.get("images", 0) + 1
+                seconds["detections"] = seconds.get("detections", 0) + len(args[0]["cls"])
+            start = time.perf_counter()
+            try:
+                return step(self, *args, **kwargs)
+            finally:
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+        return timed
+
+    for name, step in originals.items():
+        setattr(SegmentationValidator, name, timer(name, step))
+    try:
+        yield
+    finally:
+        for name, step in originals.items():
+            if name in own:
+                setattr(SegmentationValidator, name, step)
+            else:
+                delattr(SegmentationValidator, name)
+
+
+def validate(spec: str, args: argparse.Namespace, save_json: bool, project: Path, stages: bool = False) -> dict:
+    """One `val()` of `spec`: wall seconds, the validator's per-image stages (ms) and the mask / box mAP; with `stages`
+    also `timed_stages`' detections and ms per image."""
     model = model_class(spec)(spec)
+    steps = {}
     start = time.perf_counter()
     kwargs = dict(plots=False, workers=0, project=str(project), name="val", exist_ok=True, verbose=False)
-    metrics = model.val(
-        data=args.data, imgsz=args.imgsz, batch=args.batch, device=args.device, save_json=save_json, **kwargs
-    )
+    with timed_stages(steps) if stages else nullcontext():
+        metrics = model.val(
+            data=args.data, imgsz=args.imgsz, batch=args.batch, device=args.device, save_json=save_json, **kwargs
+        )
     seconds = time.perf_counter() - start
     maps = {k: metrics.results_dict[k] for k in ("metrics/mAP50-95(M)", "metrics/mAP50(M)", "metrics/mAP50-95(B)")}
-    return {"s": seconds, **metrics.speed, **maps}
+    images = steps.pop("images", 0)
+    per_image = {f"stage {k}": v / images * (1 if k == "detections" else 1e3) for k, v in steps.items()}
+    return {"s": seconds, **metrics.speed, **maps, **per_image}
+
+
+def print_stages(runs: dict) -> None:
+    """Print `timed_stages`' table: detections and ms per image of each step, last round."""
+    print(f"{'model':<60}{'save_json':>10}{'dets/img':>10}{'postprocess':>13}" + "".join(f"{s:>16}" for s in STAGES))
+    for (spec, save_json), rs in runs.items():
+        r = rs[-1]
+        steps = "".join(f"{r.get('stage ' + s, 0.0):>16.1f}" for s in STAGES)
+        print(f"{spec[-60:]:<60}{save_json!s:>10}{r['stage detections']:>10.1f}{r['postprocess']:>13.1f}{steps}")
 
 
 def main() -> None:
@@ -50,14 +102,17 @@ def main() -> None:
     parser.add_argument(
         "--save-json", choices=("both", "off", "on"), default="both", help="validate without, with, or both ways"
     )
+    parser.add_argument("--stages", action="store_true", help="also time Ultralytics' validator steps (last round)")
     args = parser.parse_args()
     settings = {"both": (False, True), "off": (False,), "on": (True,)}[args.save_json]
     runs = {}  # (model, save_json) -> list of results
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.rounds):
+        for i in range(args.rounds):
+            stages = args.stages and i == args.rounds - 1
             for save_json in settings:
                 for spec in args.models:
-                    runs.setdefault((spec, save_json), []).append(validate(spec, args, save_json, Path(tmp)))
+                    result = validate(spec, args, save_json, Path(tmp), stages)
+                    runs.setdefault((spec, save_json), []).append(result)
     LOGGER.info(
         f"torch threads {torch.get_num_threads()}, imgsz {args.imgsz}, batch {args.batch}, {args.rounds} rounds"
     )
@@ -76,6 +131,8 @@ def main() -> None:
                 f"{spec[-60:]:<60}{save_json!s:>10}{s:>8.1f}{s / ref:>9.2f}{infer:>10.1f}{post:>9.1f}{maps}"
                 f"{'' if same else '  (metrics differ between rounds)'}"
             )
+    if args.stages:
+        print_stages(runs)
 
 
 if __name__ == "__main__":
