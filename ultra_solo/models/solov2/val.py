@@ -6,6 +6,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.nn.tasks import load_checkpoint
 from ultralytics.utils.metrics import SegmentMetrics
@@ -15,6 +16,7 @@ from ultra_solo.utils.labels import naming_non_polygon_rows
 from .decode import detections
 from .network import decode_settings, decoded_by_solo, solo_decoding
 from .resample import upsampled_mask_boxes, upsampled_masks_and_boxes
+from .rescale import rescaled_masks
 from .settings import SOLO_ARG_DEFAULTS
 
 
@@ -94,6 +96,15 @@ class SOLOValidator(SegmentationValidator):
         with_masks = not self.native_masks  # the stride-4 masks decoding made; native masks are upsampled here
         found = detections(preds, self.decode, args.conf, args.max_det, agnostic=agnostic, with_masks=with_masks)
         return [self.image_prediction(*d) for d in found]
+
+    def scale_preds(self, predn: dict[str, torch.Tensor], pbatch: dict) -> dict[str, torch.Tensor]:
+        """Scale predictions to the original image size for `save_json`, as Ultralytics' segment validator does: boxes
+        by its detection validator, masks by `rescale.rescaled_masks`, bitwise the masks of its `ops.scale_masks` and
+        `.byte()` with a fraction of the work (or by Ultralytics itself where that is not sure)."""
+        masks = rescaled_masks(predn["masks"], pbatch["ori_shape"], pbatch["ratio_pad"])
+        if masks is None:
+            return super().scale_preds(predn, pbatch)
+        return {**DetectionValidator.scale_preds(self, predn, pbatch), "masks": masks}
 
     def image_prediction(
         self, probs: torch.Tensor, conf: torch.Tensor, cls: torch.Tensor, masks: torch.Tensor | None = None
