@@ -293,7 +293,7 @@ def voted_probs(
     """Mask voting (FCIS, MNC): each detection's probabilities (B, D, h*w), the mean of its voters' probabilities
     weighted by `vote_weights` (B, D, n); a detection without voters keeps its own.
 
-    One image in eager mode with more than `sparse_from` weights (D x n: validation's hundreds of detections) is pooled
+    One image in eager mode with at least `sparse_from` weights (D x n: validation's hundreds of detections) is pooled
     by `pool_votes`; otherwise (predict's few detections and candidates, batches, graphs) by a dense product, which
     there costs less than `pool_votes`' fixed steps (`benchmarks/ops.py`).
 

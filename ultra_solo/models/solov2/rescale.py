@@ -70,9 +70,11 @@ def rescaled_masks(masks: torch.Tensor, shape: tuple[int, int], ratio_pad, chunk
     """
     n, h, w = masks.shape
     H, W = shape[:2]
+    if masks.device.type != "cpu" or masks.dtype != torch.bool:
+        return None
     if (h, w) == (H, W):
         return masks.view(torch.uint8)  # Ultralytics keeps masks of the original size as they are
-    if ratio_pad is None or masks.device.type != "cpu" or masks.dtype != torch.bool:
+    if ratio_pad is None:
         return None
     top, bottom, left, right = letterbox_content((h, w), (H, W), ratio_pad)
     content = masks[:, top:bottom, left:right]  # (n, hc, wc)
