@@ -24,41 +24,50 @@ from ultralytics.models.yolo.segment import SegmentationValidator
 from ultralytics.utils import LOGGER
 
 from ultra_solo.compare.compare import model_class
+from ultra_solo.models.solov2.val import SOLOValidator
 
 STAGES = ("update_metrics", "_process_batch", "scale_preds", "pred_to_json")  # Ultralytics' per-image validator steps
 
 
 @contextmanager
 def timed_stages(seconds: dict[str, float]):
-    """Add up the wall seconds of Ultralytics' `SegmentationValidator` steps `STAGES` (YOLO's and SOLO's validators
-    inherit them) in `seconds`, with the images and detections that `_process_batch` matches. `update_metrics` calls
-    the other three."""
-    originals = {name: getattr(SegmentationValidator, name) for name in STAGES}
-    own = {name for name in STAGES if name in vars(SegmentationValidator)}  # the others are DetectionValidator's
+    """Add up the wall seconds of the validator steps `STAGES` in `seconds`, with the images and detections that
+    `_process_batch` matches: Ultralytics' `SegmentationValidator` methods (YOLO's validator) and `SOLOValidator`'s
+    own versions of them. `update_metrics` calls the other three; a step's call inside itself (an override calling
+    Ultralytics') counts once."""
+    patched = []  # (class, name, original or None where the class inherited it)
+    running = set()
 
     def timer(name, step):
         def timed(self, *args, **kwargs):
+            if name in running:
+                return step(self, *args, **kwargs)
             if name == "_process_batch":
                 seconds["images"] = seconds.get("images", 0) + 1
                 seconds["detections"] = seconds.get("detections", 0) + len(args[0]["cls"])
+            running.add(name)
             start = time.perf_counter()
             try:
                 return step(self, *args, **kwargs)
             finally:
+                running.discard(name)
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
 
         return timed
 
-    for name, step in originals.items():
-        setattr(SegmentationValidator, name, timer(name, step))
+    for cls in (SegmentationValidator, SOLOValidator):
+        for name in STAGES:
+            if name in vars(cls) or cls is SegmentationValidator:
+                patched.append((cls, name, vars(cls).get(name)))
+                setattr(cls, name, timer(name, getattr(cls, name)))
     try:
         yield
     finally:
-        for name, step in originals.items():
-            if name in own:
-                setattr(SegmentationValidator, name, step)
+        for cls, name, original in reversed(patched):
+            if original is None:
+                delattr(cls, name)
             else:
-                delattr(SegmentationValidator, name)
+                setattr(cls, name, original)
 
 
 def validate(spec: str, args: argparse.Namespace, save_json: bool, project: Path, stages: bool = False) -> dict:
