@@ -6,12 +6,13 @@ an output pixel only where the interpolation gives exactly 1. At conf 0.001 that
 original size per image, the validator's largest cost with `save_json` (README, "What validation costs").
 
 Each output pixel interpolates two rows and two columns of the mask (one where the other's weight is 0). If all of
-those with a nonzero weight are 1, its value is the one an all-ones mask gets there; if one of them is 0, its value is
-at most 1 minus that pixel's weight, far below 1 when every nonzero weight product is at least `MIN_WEIGHT` (float32
-rounding moves it by a few units of 2**-24). So where an all-ones mask upsamples to exactly 1 everywhere and the
-weights are not tiny, the cast masks are the AND of each pixel's taps: row and column gathers over each mask's own
-window, no float masks. The weights are PyTorch's own on CPU, read off its interpolation of one-hot rows; other sizes
-and devices return None and the validator uses Ultralytics' path.
+those with a nonzero weight are 1, its value is the one an all-ones mask gets there (the CPU kernel computes a pixel
+alike in every channel: the tests compare 24 masks at once, the README 188 images' 300 each); if one of them is 0,
+its value is at most 1 minus that tap's weight, far below 1 when every nonzero weight product is at least `MIN_WEIGHT`
+(float32 rounding moves it by a few units of 2**-24). So where an all-ones mask upsamples to exactly 1 everywhere and
+the weights are not tiny, the cast masks are the AND of each pixel's taps: row and column gathers over each mask's
+own window, no float masks. The weights are PyTorch's own on CPU, read off its interpolation of one-hot rows; other
+sizes and devices return None and the validator uses Ultralytics' path.
 
 Shape shorthand in this module:
     n: masks; h, w: letterboxed input size; hc, wc: its content (padding cut); H, W: the original image size
