@@ -88,10 +88,11 @@ def rescaled_masks(masks: torch.Tensor, shape: tuple[int, int], ratio_pad, chunk
     boxes = mask_boxes(content).long()  # (n, 4) x1, y1, x2, y2 (exclusive), zeros for empty masks
     filled = (boxes[:, 2] > 0).nonzero()[:, 0]
     filled = filled[((boxes[filled, 2] - boxes[filled, 0]) * (boxes[filled, 3] - boxes[filled, 1])).argsort()]
+    content = content.view(torch.uint8)  # 0/1 bytes: `&` of two taps is their AND
     for i in range(0, len(filled), chunk):
         ids = filled[i : i + chunk]
         window = boxes[ids, :2].amin(0).tolist() + boxes[ids, 2:].amax(0).tolist()  # x1, y1, x2, y2 over the chunk
-        paste_window(out, ids, content.view(torch.uint8), window, *taps)
+        paste_window(out, ids, content, window, *taps)
     return out
 
 
@@ -108,5 +109,5 @@ def paste_window(out: torch.Tensor, ids: torch.Tensor, content: torch.Tensor, wi
     both = crop.index_select(1, c0[xs] - x1) & crop.index_select(1, c1[xs] - x1)  # (c, W_win, y2 - y1)
     both = both.transpose(1, 2).contiguous()  # (c, y2 - y1, W_win)
     both = both.index_select(1, r0[ys] - y1) & both.index_select(1, r1[ys] - y1)  # (c, H_win, W_win)
-    for k, j in enumerate(ids.tolist()):
+    for k, j in enumerate(ids.tolist()):  # one copy per mask: several times faster here than `out[ids, ys, xs] = both`
         out[j, ys, xs] = both[k]
